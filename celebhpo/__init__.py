@@ -1,0 +1,5 @@
+"""celebhpo: Optuna hyperparameter studies for multi-label face-attribute classifiers."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

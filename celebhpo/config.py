@@ -1,0 +1,421 @@
+"""Typed study configuration, loaded from `studies/*.toml` and validated.
+
+A study file has four sections. `[study]`, `[data]` and `[train]` map one-to-one onto the
+dataclasses below; `[space]` holds the searched parameters, each a `[train]` key:
+a list is categorical, `{low, high, log}` a float range, `{low, high, step}` an int range.
+
+Every error names the file and the key, and suggests the nearest valid name.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from celebhpo.errors import ConfigError
+
+__all__ = [
+    "Categorical",
+    "DataConfig",
+    "FloatRange",
+    "IntRange",
+    "StudyConfig",
+    "StudySection",
+    "TrainConfig",
+    "load_study_file",
+    "parse_overrides",
+]
+
+
+@dataclass
+class StudySection:
+    """`[study]`: how Optuna searches and prunes."""
+
+    name: str = "study"
+    metric: Literal["val_loss", "val_mean_acc", "val_map", "val_balanced_acc"] = "val_loss"
+    direction: Literal["auto", "minimize", "maximize"] = "auto"
+    sampler: Literal["grid", "tpe", "random", "cmaes"] = "tpe"
+    seed: int = 0
+    pruner: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = "median"
+    n_startup_trials: int = 2  # median/percentile: trials that are never pruned
+    n_warmup_steps: int = 1  # median/percentile: epochs a trial runs before it can be pruned
+    percentile: float = 25.0  # percentile pruner
+    min_resource: int = 1  # successive_halving/hyperband: epochs before the first rung
+    reduction_factor: int = 3  # successive_halving/hyperband
+    checkpoints: Literal["best", "all"] = "best"  # log every trial's checkpoint, or the best's
+    heartbeat_interval: int = 30  # seconds; RDB storages other than SQLite
+    grace_period: int = 120  # seconds without heartbeat before a trial counts as dead
+
+    def resolved_direction(self) -> str:
+        if self.direction != "auto":
+            return self.direction
+        return "minimize" if self.metric == "val_loss" else "maximize"
+
+
+@dataclass
+class DataConfig:
+    """`[data]`: which CelebA folder, which images, how they are decoded."""
+
+    root: str = "data/synthetic"
+    layout: Literal["auto", "kaggle", "official", "torchvision"] = "auto"
+    train_size: int = 0  # 0 = the whole split
+    val_size: int = 0
+    test_size: int = 0
+    subset: Literal["first", "random"] = "first"  # which N of each split
+    subset_seed: int = 0
+    image_size: int = 64
+    crop: Literal["squash", "center"] = "squash"
+    on_bad_image: Literal["skip", "fail"] = "skip"
+    cache_dir: str = ""  # "" = ROOT/.celebhpo-cache
+    mean: list[float] = field(default_factory=list)  # [] = follow the weights (ImageNet stats)
+    std: list[float] = field(default_factory=list)
+
+    def split_size(self, split: str) -> int:
+        return {"train": self.train_size, "val": self.val_size, "test": self.test_size}[split]
+
+
+@dataclass
+class TrainConfig:
+    """`[train]`: one configuration. Any key may be moved to `[space]` to be searched."""
+
+    arch: str = "resnet18"
+    pretrained: str = "none"  # "imagenet", "none" or a path to a state_dict
+    num_features: int = 512
+    dropout: float = 0.3
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    scheduler: Literal["none", "cosine"] = "none"
+    warmup_epochs: int = 0
+    epochs: int = 8
+    batch_size: int = 64
+    eval_batch_size: int = 512
+    class_weighting: Literal["pos_weight", "seed", "none"] = "pos_weight"
+    patience: int = 0  # early stopping on val_loss; 0 = off
+    grad_clip: float = 0.0  # max grad norm; 0 = off
+    threshold_metric: Literal["f1", "balanced_accuracy"] = "f1"
+    device: str = "auto"  # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
+    amp: bool = True  # bf16 autocast on CUDA
+    channels_last: bool = True  # on CUDA
+    compile: bool = False  # torch.compile the model
+    seed: int = 0
+
+
+@dataclass
+class Categorical:
+    choices: list[Any]
+
+    def to_dict(self) -> Any:
+        return list(self.choices)
+
+
+@dataclass
+class FloatRange:
+    low: float
+    high: float
+    log: bool = False
+
+    def to_dict(self) -> Any:
+        return {"low": self.low, "high": self.high, "log": self.log}
+
+
+@dataclass
+class IntRange:
+    low: int
+    high: int
+    step: int = 1
+
+    def to_dict(self) -> Any:
+        return {"low": self.low, "high": self.high, "step": self.step}
+
+
+Dimension = Categorical | FloatRange | IntRange
+
+
+@dataclass
+class StudyConfig:
+    study: StudySection = field(default_factory=StudySection)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    space: dict[str, Dimension] = field(default_factory=dict)
+    source: str = "<config>"  # where it was loaded from, for messages; not stored
+
+    # -- serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/TOML-able dict; `from_dict(to_dict())` round-trips."""
+        return {
+            "study": dataclasses.asdict(self.study),
+            "data": dataclasses.asdict(self.data),
+            "train": dataclasses.asdict(self.train),
+            "space": {k: v.to_dict() for k, v in self.space.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "<config>") -> StudyConfig:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a table of sections, got {type(raw).__name__}")
+        _check_keys(raw, ["study", "data", "train", "space"], source, "section")
+        cfg = cls(
+            study=_build(StudySection, raw.get("study", {}), source, "study"),
+            data=_build(DataConfig, raw.get("data", {}), source, "data"),
+            train=_build(TrainConfig, raw.get("train", {}), source, "train"),
+            space=_build_space(raw.get("space", {}), source),
+            source=source,
+        )
+        cfg.validate()
+        return cfg
+
+    # -- derived configs ------------------------------------------------------------
+    def with_params(self, params: dict[str, Any]) -> StudyConfig:
+        """The configuration of one trial: `[train]` with the sampled `params` applied."""
+        new = copy.deepcopy(self)
+        for key, value in params.items():
+            if key not in _field_types(TrainConfig):
+                raise ConfigError(f"{self.source}: [space] key '{key}' is not a [train] key")
+            setattr(new.train, key, _coerce(TrainConfig, key, value, self.source, "space"))
+        new.validate()
+        return new
+
+    def with_overrides(self, overrides: list[str]) -> StudyConfig:
+        """Apply `--set key=value` items: `train.lr=0.01`, `data.image_size=32`, or `lr=0.01`."""
+        new = copy.deepcopy(self)
+        for section, key, value in parse_overrides(overrides):
+            target = getattr(new, section)
+            setattr(target, key, _coerce(type(target), key, value, "--set", section))
+            if section == "train":
+                new.space.pop(key, None)  # a fixed value beats a searched one
+        new.validate()
+        return new
+
+    def grid(self) -> dict[str, list[Any]]:
+        """The space as Optuna's GridSampler wants it; every dimension must be a list."""
+        out = {}
+        for key, dim in self.space.items():
+            if not isinstance(dim, Categorical):
+                raise ConfigError(
+                    f"{self.source}: [space] {key} is a range; a grid needs a list of values "
+                    f"(e.g. {key} = [...]), or create the study without --grid"
+                )
+            out[key] = list(dim.choices)
+        if not out:
+            raise ConfigError(f"{self.source}: [space] is empty; a grid needs at least one list")
+        return out
+
+    # -- validation -----------------------------------------------------------------
+    def validate(self) -> None:
+        src = self.source
+        for key, dim in self.space.items():
+            values = dim.choices if isinstance(dim, Categorical) else [dim.low, dim.high]
+            for v in values:
+                _coerce(TrainConfig, key, v, src, "space")
+            if key == "arch" and isinstance(dim, Categorical):
+                for v in dim.choices:
+                    _check_arch(v, src, "space.arch")
+        _check_arch(self.train.arch, src, "train.arch")
+        positive = {
+            ("train", "epochs"), ("train", "batch_size"), ("train", "eval_batch_size"),
+            ("train", "num_features"), ("data", "image_size"),
+        }
+        for section, key in positive:
+            value = getattr(getattr(self, section), key)
+            if value <= 0:
+                raise ConfigError(f"{src}: [{section}] {key} = {value} must be > 0")
+        for key in ("train_size", "val_size", "test_size", "subset_seed"):
+            if getattr(self.data, key) < 0:
+                raise ConfigError(f"{src}: [data] {key} must be >= 0 (0 = the whole split)")
+        if not 0.0 <= self.train.dropout < 1.0:
+            raise ConfigError(f"{src}: [train] dropout = {self.train.dropout} must be in [0, 1)")
+        if self.train.lr <= 0:
+            raise ConfigError(f"{src}: [train] lr = {self.train.lr} must be > 0")
+        if len(self.data.mean) != len(self.data.std) or len(self.data.mean) not in (0, 3):
+            raise ConfigError(f"{src}: [data] mean and std must both be [] or both 3 numbers")
+        if not self.study.name or "/" in self.study.name:
+            raise ConfigError(f"{src}: [study] name must be a non-empty name without '/'")
+
+
+# ---------------------------------------------------------------------------------------
+def load_study_file(path: str | Path) -> StudyConfig:
+    """Read and validate a study file. Raises ConfigError naming the file and key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: study file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read study file ({e})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    cfg = StudyConfig.from_dict(raw, source=str(path))
+    if "name" not in raw.get("study", {}):
+        cfg.study.name = path.stem
+    return cfg
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, str, Any]]:
+    """`["train.lr=0.01", "epochs=3"]` -> `[("train", "lr", 0.01), ("train", "epochs", 3)]`.
+
+    Values are read as TOML (numbers, booleans, lists), else kept as strings.
+    """
+    sections = {"study": StudySection, "data": DataConfig, "train": TrainConfig}
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.lr=0.01")
+        key, _, text = item.partition("=")
+        key = key.strip()
+        if "." in key:
+            section, _, key = key.partition(".")
+            if section not in sections:
+                raise ConfigError(
+                    f"--set {item!r}: unknown section '{section}'{_suggest(section, sections)}"
+                )
+        else:
+            section = next((s for s, c in sections.items() if key in _field_types(c)), "train")
+        _check_keys({key: None}, list(_field_types(sections[section])), "--set", f"[{section}] key")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        out.append((section, key, value))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+def _suggest(name: str, valid) -> str:
+    close = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _check_keys(raw: dict, valid: list[str], source: str, what: str) -> None:
+    for key in raw:
+        if key not in valid:
+            raise ConfigError(
+                f"{source}: unknown {what} '{key}'{_suggest(key, valid)} "
+                f"(valid: {', '.join(valid)})"
+            )
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _build(cls, raw: Any, source: str, section: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: [{section}] must be a table, got {type(raw).__name__}")
+    _check_keys(raw, list(_field_types(cls)), source, f"[{section}] key")
+    return cls(**{k: _coerce(cls, k, v, source, section) for k, v in raw.items()})
+
+
+def _coerce(cls, key: str, value: Any, source: str, section: str) -> Any:
+    """Check `value` against the annotated type of `cls.key`; ints are accepted as floats."""
+    hint = _field_types(cls)[key]
+    where = f"{source}: [{section}] {key}"
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(
+                f"{where} = {value!r} is not one of {', '.join(map(repr, choices))}"
+                f"{_suggest(value, choices)}"
+            )
+        return value
+    if origin is list:
+        if not isinstance(value, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value
+        ):
+            raise ConfigError(f"{where} must be a list of numbers, got {value!r}")
+        return [float(v) for v in value]
+    if origin in (types.UnionType, typing.Union):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be a whole number, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be finite, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {hint}")  # pragma: no cover
+
+
+def _build_space(raw: Any, source: str) -> dict[str, Dimension]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: [space] must be a table, got {type(raw).__name__}")
+    train_types = _field_types(TrainConfig)
+    _check_keys(raw, list(train_types), source, "[space] key (a [train] key)")
+    space: dict[str, Dimension] = {}
+    for key, spec in raw.items():
+        where = f"{source}: [space] {key}"
+        if isinstance(spec, list):
+            if not spec:
+                raise ConfigError(f"{where} is an empty list; give at least one value")
+            if len({repr(v) for v in spec}) != len(spec):
+                raise ConfigError(f"{where} lists a value twice: {spec!r}")
+            space[key] = Categorical([_coerce(TrainConfig, key, v, source, "space") for v in spec])
+        elif isinstance(spec, dict):
+            space[key] = _build_range(key, spec, train_types[key], where)
+        else:
+            raise ConfigError(
+                f"{where} must be a list (categorical) or {{low, high}} (range), got {spec!r}"
+            )
+    return space
+
+
+def _build_range(key: str, spec: dict, hint: Any, where: str) -> Dimension:
+    if hint not in (int, float):
+        raise ConfigError(f"{where}: a range needs a numeric key; give a list of values instead")
+    valid = ["low", "high", "log"] if hint is float else ["low", "high", "step"]
+    _check_keys(spec, valid, where, "range key")
+    if "low" not in spec or "high" not in spec:
+        raise ConfigError(f"{where}: a range needs both low and high")
+    low, high = spec["low"], spec["high"]
+    num = int if hint is int else (int, float)
+    for name, v in (("low", low), ("high", high)):
+        if isinstance(v, bool) or not isinstance(v, num):
+            kind = "whole number" if hint is int else "number"
+            raise ConfigError(f"{where}.{name} must be a {kind}, got {v!r}")
+    if low > high:
+        raise ConfigError(f"{where}: low = {low} is greater than high = {high}; swap them")
+    if hint is float:
+        log = spec.get("log", False)
+        if not isinstance(log, bool):
+            raise ConfigError(f"{where}.log must be true or false, got {log!r}")
+        if log and low <= 0:
+            raise ConfigError(f"{where}: a log range needs low > 0, got {low}")
+        return FloatRange(float(low), float(high), log)
+    step = spec.get("step", 1)
+    if isinstance(step, bool) or not isinstance(step, int) or step <= 0:
+        raise ConfigError(f"{where}.step must be a whole number > 0, got {step!r}")
+    return IntRange(low, high, step)
+
+
+def _check_arch(name: Any, source: str, key: str) -> None:
+    from celebhpo.models import is_known_arch, list_models  # late: torchvision is heavy
+
+    if not is_known_arch(name):
+        known = list_models()
+        raise ConfigError(
+            f"{source}: {key} = {name!r} is not a known architecture{_suggest(name, known)} "
+            f"(known: {', '.join(known)}, or any torchvision classification model)"
+        )
