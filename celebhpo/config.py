@@ -195,6 +195,24 @@ class StudyConfig:
         new.validate()
         return new
 
+    def fixed(self) -> StudyConfig:
+        """One configuration from the space: each searched key at its first value (a list)
+        or the middle of its range (geometric middle for a log range). For `celebhpo train`."""
+        params: dict[str, Any] = {}
+        for key, dim in self.space.items():
+            if isinstance(dim, Categorical):
+                params[key] = dim.choices[0]
+            elif isinstance(dim, FloatRange):
+                params[key] = (
+                    math.sqrt(dim.low * dim.high) if dim.log else (dim.low + dim.high) / 2
+                )
+            else:
+                steps = (dim.high - dim.low) // dim.step
+                params[key] = dim.low + (steps // 2) * dim.step
+        new = self.with_params(params)
+        new.space = {}
+        return new
+
     def grid(self) -> dict[str, list[Any]]:
         """The space as Optuna's GridSampler wants it; every dimension must be a list."""
         out = {}
@@ -242,8 +260,13 @@ class StudyConfig:
 
 
 # ---------------------------------------------------------------------------------------
-def load_study_file(path: str | Path) -> StudyConfig:
-    """Read and validate a study file. Raises ConfigError naming the file and key."""
+def load_study_file(
+    path: str | Path, overrides: list[str] | None = None, data_root: str | Path | None = None
+) -> StudyConfig:
+    """Read and validate a study file, then apply `--set` overrides and `--data ROOT`.
+
+    Raises ConfigError naming the file and the key.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -258,7 +281,9 @@ def load_study_file(path: str | Path) -> StudyConfig:
     cfg = StudyConfig.from_dict(raw, source=str(path))
     if "name" not in raw.get("study", {}):
         cfg.study.name = path.stem
-    return cfg
+    if data_root is not None:
+        cfg.data.root = str(data_root)
+    return cfg.with_overrides(overrides) if overrides else cfg
 
 
 def parse_overrides(items: list[str]) -> list[tuple[str, str, Any]]:
@@ -291,8 +316,16 @@ def parse_overrides(items: list[str]) -> list[tuple[str, str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------
+# Names people reach for that difflib cannot guess.
+_ALIASES = {"learning_rate": "lr", "model": "arch", "architecture": "arch", "backbone": "arch",
+            "features": "num_features", "batch": "batch_size", "p": "dropout"}
+
+
 def _suggest(name: str, valid) -> str:
-    close = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.5)
+    valid = [str(v) for v in valid]
+    if _ALIASES.get(str(name)) in valid:
+        return f"; did you mean '{_ALIASES[str(name)]}'?"
+    close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.5)
     return f"; did you mean '{close[0]}'?" if close else ""
 
 

@@ -1,0 +1,408 @@
+"""The `celebhpo` command line: parse, call one library function, print its result.
+
+No logic lives here. Library errors (CelebhpoError) become one line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from celebhpo import __version__
+from celebhpo.errors import CelebhpoError, mask_url
+
+
+class _Group(click.Group):
+    """Turns our typed errors into one clean line, wherever in the command tree they rise."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CelebhpoError as e:
+            raise click.ClickException(mask_url(str(e))) from None
+
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def storage_option(f):
+    return click.option(
+        "--storage",
+        envvar="CELEBHPO_STORAGE",
+        default=None,
+        metavar="URL",
+        help="Optuna storage: sqlite:///studies/celebhpo.db (default, one process), a journal "
+        "file path ending in .log (several processes, one machine) or "
+        "postgresql+psycopg2://user:pass@host/db (many machines). Env: CELEBHPO_STORAGE.",
+    )(f)
+
+
+def tracking_option(f):
+    return click.option(
+        "--tracking-uri",
+        default=None,
+        metavar="URI",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db "
+        "with artifacts in mlruns/artifacts).",
+    )(f)
+
+
+def device_option(f):
+    return click.option(
+        "--device",
+        default=None,
+        metavar="DEVICE",
+        help="auto (cuda > mps > cpu), cpu, cuda, cuda:1 or mps; overrides [train] device.",
+    )(f)
+
+
+def study_option(f):
+    return click.option(
+        "--study",
+        "study_name",
+        default=None,
+        metavar="NAME",
+        help="Study name; may be omitted when the storage holds exactly one study.",
+    )(f)
+
+
+def _resolve_storage(storage: str | None) -> str:
+    from celebhpo.study import DEFAULT_STORAGE
+
+    return storage or DEFAULT_STORAGE
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="celebhpo")
+def cli() -> None:
+    """Hyperparameter studies for face-attribute classifiers, tracked in MLflow.
+
+    \b
+    Start here:
+      celebhpo demo                                        # everything, on synthetic faces
+      celebhpo study create studies/seed-grid.toml --grid --data /path/to/celeba
+      celebhpo optimize --study seed-grid --trials 8
+      celebhpo export-best --study seed-grid --out best/
+    """
+
+
+# -- data ------------------------------------------------------------------------------
+@cli.group(cls=_Group)
+def data() -> None:
+    """Draw synthetic faces, inspect a CelebA folder."""
+
+
+@data.command("synth")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--n", "n", default=2000, show_default=True, help="Number of faces to draw.")
+@click.option("--seed", default=0, show_default=True, help="Same seed, same images.")
+def data_synth(out: Path, n: int, seed: int) -> None:
+    """Draw N synthetic faces in CelebA's Kaggle layout into OUT.
+
+    The images are 178x218 JPEGs with both CSVs and 80/10/10 partitions; about a dozen
+    attributes are visible in the pixels (see the README), the rest are label noise.
+
+    Example: celebhpo data synth data/synthetic --n 2000
+    """
+    from celebhpo.data import synthesize
+
+    root = synthesize(out, n=n, seed=seed, progress=True)
+    click.echo(f"wrote {n} synthetic faces to {root}")
+
+
+@data.command("inspect")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--layout", type=click.Choice(["auto", "kaggle", "official", "torchvision"]),
+              default="auto", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write the two PNG plots (default: ROOT/inspect).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def data_inspect(root: Path, layout: str, out_dir: Path | None, as_json: bool) -> None:
+    """Split counts, attribute balance and correlations of a CelebA folder.
+
+    Writes attribute_frequency.png and attribute_correlation.png.
+
+    Example: celebhpo data inspect data/synthetic
+    """
+    from celebhpo.data import inspect_dataset
+    from celebhpo.report import format_inspect
+
+    report = inspect_dataset(root, layout=layout, out_dir=out_dir or root / "inspect")
+    click.echo(json.dumps(report, indent=2) if as_json else format_inspect(report))
+
+
+# -- one configuration -------------------------------------------------------------------
+@cli.command("train")
+@click.argument("study_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a key: --set lr=0.01 --set data.image_size=32 (repeatable).")
+@click.option("--data", "data_root", type=click.Path(exists=True, file_okay=False), default=None,
+              help="CelebA folder; overrides [data] root.")
+@device_option
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("train-out/model.pt"),
+              show_default=True, help="Where to write the best epoch's checkpoint.")
+def train_cmd(study_file: Path, overrides: tuple[str, ...], data_root: str | None,
+              device: str | None, out: Path) -> None:
+    """Train one configuration, outside any study.
+
+    Searched keys in [space] take their first value unless --set fixes them.
+
+    Example: celebhpo train studies/demo.toml --set arch=resnet18 --set epochs=2
+    """
+    from celebhpo.runner import train_one_config
+
+    summary = train_one_config(study_file, list(overrides), data_root=data_root, device=device,
+                               checkpoint=out)
+    click.echo(summary)
+
+
+# -- studies -----------------------------------------------------------------------------
+@cli.group(cls=_Group)
+def study() -> None:
+    """Create, list and show studies."""
+
+
+@study.command("create")
+@click.argument("study_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--grid", is_flag=True, help="Grid-sample the [space]: every value list, in full.")
+@click.option("--name", default=None, help="Study name (default: [study] name, else file name).")
+@click.option("--data", "data_root", type=click.Path(exists=True, file_okay=False), default=None,
+              help="CelebA folder; overrides [data] root.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a key before the study is stored (repeatable).")
+@click.option("--replace", is_flag=True, help="Delete a study of that name with another config.")
+@storage_option
+@tracking_option
+def study_create(study_file: Path, grid: bool, name: str | None, data_root: str | None,
+                 overrides: tuple[str, ...], replace: bool, storage: str | None,
+                 tracking_uri: str | None) -> None:
+    """Create a study from STUDY_FILE, with its MLflow experiment and parent run.
+
+    The resolved config is stored with the study, so workers need only its name and storage.
+    Creating the same config again does nothing; another config under the same name is
+    refused unless --replace.
+
+    Example: celebhpo study create studies/seed-grid.toml --grid --data data/celeba
+    """
+    from celebhpo.config import load_study_file
+    from celebhpo.study import create_study
+
+    cfg = load_study_file(study_file, overrides=list(overrides), data_root=data_root)
+    result = create_study(cfg, storage=_resolve_storage(storage), grid=grid, name=name,
+                          replace=replace, tracking_uri=tracking_uri)
+    click.echo(result.message)
+
+
+@study.command("list")
+@storage_option
+def study_list(storage: str | None) -> None:
+    """List the studies in a storage, with their trial counts and best values.
+
+    Example: celebhpo study list --storage studies/shared.log
+    """
+    from celebhpo.study import list_studies
+
+    table = list_studies(_resolve_storage(storage))
+    click.echo("no studies" if table.empty else table.to_string(index=False))
+
+
+@study.command("show")
+@click.argument("name", required=False)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True)
+@storage_option
+def study_show(name: str | None, fmt: str, storage: str | None) -> None:
+    """Leaderboard of a study: trial, state, params, val_loss, accuracy, epochs, duration.
+
+    Example: celebhpo study show demo --format csv > leaderboard.csv
+    """
+    from celebhpo.report import format_table
+    from celebhpo.study import leaderboard, load_study
+
+    optuna_study, _ = load_study(name, _resolve_storage(storage))
+    click.echo(format_table(leaderboard(optuna_study), fmt))
+
+
+@cli.command("optimize")
+@study_option
+@click.option("--trials", "n_trials", type=int, default=None,
+              help="Run until the study holds N trials in all. Workers share this budget: "
+              "two workers with --trials 8 run 8 trials between them, not 16.")
+@click.option("--timeout", type=float, default=None, metavar="SECONDS",
+              help="Start no new trial after this many seconds.")
+@storage_option
+@device_option
+@click.option("--devices", default=None, metavar="0,1,...",
+              help="Start one worker per GPU (CUDA_VISIBLE_DEVICES) on this shared study; "
+              "needs a journal or PostgreSQL storage.")
+def optimize_cmd(study_name: str | None, n_trials: int | None, timeout: float | None,
+                 storage: str | None, device: str | None, devices: str | None) -> None:
+    """Run trials of a study until --trials, the end of the grid, or --timeout.
+
+    Each trial trains one configuration, reports val_loss per epoch (weak trials are
+    pruned) and logs to MLflow. Run it again to resume; run it on several machines
+    against one PostgreSQL storage to share a study.
+
+    Example: celebhpo optimize --study seed-grid --trials 8
+    """
+    from celebhpo import study as study_mod
+
+    storage = _resolve_storage(storage)
+    if devices:
+        args = ["optimize", "--storage", storage]
+        args += ["--study", study_name] if study_name else []
+        args += ["--trials", str(n_trials)] if n_trials is not None else []
+        args += ["--timeout", str(timeout)] if timeout is not None else []
+        sys.exit(study_mod.launch_workers(devices.split(","), args))
+    study_mod.optimize(study_name=study_name, storage=storage, n_trials=n_trials,
+                       timeout=timeout, device=device, progress=True)
+
+
+# -- the best model ----------------------------------------------------------------------
+@cli.command("export-best")
+@study_option
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("best"),
+              show_default=True)
+@click.option("--format", "formats", default="pt", show_default=True,
+              help="Comma-separated: pt, torchscript, onnx.")
+@click.option("--register", default=None, metavar="NAME",
+              help="Also register in the MLflow Model Registry under NAME, alias 'best'.")
+@storage_option
+@tracking_option
+@device_option
+def export_best_cmd(study_name: str | None, out: Path, formats: str, register: str | None,
+                    storage: str | None, tracking_uri: str | None, device: str | None) -> None:
+    """Export the best completed trial, evaluated once on the test split.
+
+    Writes model.pt, model_card.md and model_card.json (and model.ts / model.onnx when
+    asked), each checked against the PyTorch model before it is written.
+
+    Example: celebhpo export-best --study seed-grid --out best/ --format pt,torchscript
+    """
+    from celebhpo.export import export_best
+
+    result = export_best(study_name=study_name, storage=_resolve_storage(storage), out=out,
+                         formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
+                         register=register, tracking_uri=tracking_uri, device=device or "auto")
+    click.echo(result.summary())
+
+
+@cli.command("predict")
+@click.argument("model", type=click.Path(exists=True, path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True)
+@click.option("--threshold", default="tuned", show_default=True,
+              help="tuned (per attribute, from validation), 0.5, or any number in (0, 1).")
+@click.option("--all", "show_all", is_flag=True, help="Show every attribute, not only those present.")
+@click.option("--backend", type=click.Choice(["torch", "torchscript", "onnx"]), default="torch",
+              show_default=True)
+def predict_cmd(model: Path, inputs: tuple[Path, ...], fmt: str, threshold: str, show_all: bool,
+                backend: str) -> None:
+    """Predict the 40 attributes of faces with an exported model.
+
+    MODEL is an export-best folder or a checkpoint; IMAGE_OR_DIR are images or folders.
+
+    Example: celebhpo predict best/ face.jpg photos/
+    """
+    from celebhpo.infer import format_predictions, load_model, predict
+
+    predictor = load_model(model, backend=backend)
+    result = predict(predictor, list(inputs), threshold=threshold, progress=True)
+    click.echo(format_predictions(result, fmt=fmt, show_all=show_all))
+    for name, reason in result.skipped:
+        click.echo(f"skipped {name}: {reason}", err=True)
+
+
+@cli.command("evaluate")
+@click.argument("model", type=click.Path(exists=True, path_type=Path))
+@click.argument("data_root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
+              show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write metrics.json and classification_report.csv/.json here.")
+def evaluate_cmd(model: Path, data_root: Path, split: str, out_dir: Path | None) -> None:
+    """Metrics and the per-attribute report of a model on a CelebA-layout folder.
+
+    Example: celebhpo evaluate best/ data/synthetic --split test --out eval/
+    """
+    from celebhpo.infer import evaluate, format_evaluation
+
+    metrics, report = evaluate(model, data_root, split=split, out_dir=out_dir)
+    click.echo(format_evaluation(metrics, report))
+
+
+@cli.command("retrieve")
+@click.argument("model", type=click.Path(exists=True, path_type=Path))
+@click.argument("image_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--where", required=True, metavar="EXPR",
+              help='Attributes with and/or/not/parentheses: "Eyeglasses and not Male".')
+@click.option("--top", default=10, show_default=True, help="How many matches to show.")
+@click.option("--min-score", default=0.0, show_default=True,
+              help="Drop matches whose probability is below this.")
+@click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a contact sheet PNG of the top matches.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True)
+def retrieve_cmd(model: Path, image_dir: Path, where: str, top: int, min_score: float,
+                 sheet: Path | None, fmt: str) -> None:
+    """Find the faces in IMAGE_DIR that match an attribute expression, best first.
+
+    Predictions are cached per image (name, size, mtime) and model, so a second query
+    over the same folder is fast.
+
+    Example: celebhpo retrieve best/ photos/ --where "(Blond_Hair or Gray_Hair) and Smiling"
+    """
+    from celebhpo.infer import format_retrieval, load_model, retrieve
+
+    predictor = load_model(model)
+    result = retrieve(predictor, image_dir, where, top=top, min_score=min_score, sheet=sheet,
+                      progress=True)
+    click.echo(format_retrieval(result, fmt=fmt))
+    if sheet:
+        click.echo(f"contact sheet: {sheet}", err=True)
+
+
+# -- looking at results -------------------------------------------------------------------
+@cli.command("ui")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Bind address; the default keeps the UI on this machine.")
+@click.option("--port", default=5000, show_default=True)
+@tracking_option
+def ui_cmd(host: str, port: int, tracking_uri: str | None) -> None:
+    """Open the MLflow UI on the study's store (binds to 127.0.0.1 unless told otherwise).
+
+    Example: celebhpo ui --port 5000   then open http://127.0.0.1:5000
+    """
+    from celebhpo.tracking import ui_command
+
+    argv = ui_command(tracking_uri, host=host, port=port)
+    click.echo(mask_url(" ".join(argv)), err=True)
+    import subprocess
+
+    sys.exit(subprocess.call(argv))
+
+
+@cli.command("demo")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Where data/, studies/, mlruns/ and best/ go.")
+@click.option("--quick", is_flag=True, help="A smaller, faster version (used by the tests).")
+def demo_cmd(workdir: Path, quick: bool) -> None:
+    """Everything on synthetic faces, on a CPU, in minutes: draw, study, export, use.
+
+    Draws 2,000 faces, runs the demo grid (ResNet50 vs DenseNet121 x 2 learning rates x
+    2 dropouts) with pruning, exports the best model, evaluates it on the test split,
+    predicts and retrieves, and prints how to open the MLflow UI.
+
+    Example: celebhpo demo --workdir demo-work
+    """
+    from celebhpo.demo import run_demo
+
+    run_demo(workdir, quick=quick, echo=click.echo)
+
+
+def main() -> None:  # pragma: no cover
+    cli(prog_name="celebhpo")

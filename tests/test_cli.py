@@ -1,0 +1,51 @@
+"""The command line as a user meets it: help everywhere, version, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from celebhpo import __version__
+from celebhpo.cli import cli
+
+
+def all_commands(group: click.Group = cli, prefix: tuple[str, ...] = ()):
+    for name, cmd in group.commands.items():
+        path = (*prefix, name)
+        if isinstance(cmd, click.Group):
+            yield from all_commands(cmd, path)
+        else:
+            yield path, cmd
+
+
+COMMANDS = [" ".join(path) for path, _ in all_commands()]
+
+
+def test_version():
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_every_command_has_help_with_an_example(command, flag):
+    result = CliRunner().invoke(cli, [*command.split(), flag])
+    assert result.exit_code == 0, result.output
+    assert "Example: celebhpo " in result.output, f"{command} --help has no example line"
+
+
+def test_bad_study_file_is_one_line_no_traceback(tmp_path: Path):
+    bad = tmp_path / "typo.toml"
+    bad.write_text("[train]\nlrr = 0.01\n")
+    result = CliRunner().invoke(
+        cli, ["study", "create", str(bad), "--storage", f"sqlite:///{tmp_path}/s.db"]
+    )
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == [f"Error: {bad}: unknown [train] key 'lrr'; did you mean 'lr'? "
+                     f"(valid: {lines[0].split('(valid: ')[1]}"]
+    assert not (tmp_path / "s.db").exists(), "nothing may be written on bad input"
