@@ -69,6 +69,16 @@ def study_option(f):
     )(f)
 
 
+def backend_option(f):
+    return click.option(
+        "--backend",
+        type=click.Choice(["torch", "torchscript", "onnx"]),
+        default="torch",
+        show_default=True,
+        help="Run model.pt (torch), model.ts or model.onnx of an exported folder.",
+    )(f)
+
+
 def _resolve_storage(storage: str | None) -> str:
     from celebhpo.study import DEFAULT_STORAGE
 
@@ -298,8 +308,7 @@ def export_best_cmd(study_name: str | None, out: Path, formats: str, register: s
 @click.option("--threshold", default="tuned", show_default=True,
               help="tuned (per attribute, from validation), 0.5, or any number in (0, 1).")
 @click.option("--all", "show_all", is_flag=True, help="Show every attribute, not only those present.")
-@click.option("--backend", type=click.Choice(["torch", "torchscript", "onnx"]), default="torch",
-              show_default=True)
+@backend_option
 def predict_cmd(model: Path, inputs: tuple[Path, ...], fmt: str, threshold: str, show_all: bool,
                 backend: str) -> None:
     """Predict the 40 attributes of faces with an exported model.
@@ -347,8 +356,9 @@ def evaluate_cmd(model: Path, data_root: Path, split: str, out_dir: Path | None)
               help="Write a contact sheet PNG of the top matches.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
               show_default=True)
+@backend_option
 def retrieve_cmd(model: Path, image_dir: Path, where: str, top: int, min_score: float,
-                 sheet: Path | None, fmt: str) -> None:
+                 sheet: Path | None, fmt: str, backend: str) -> None:
     """Find the faces in IMAGE_DIR that match an attribute expression, best first.
 
     Predictions are cached per image (name, size, mtime) and model, so a second query
@@ -358,7 +368,7 @@ def retrieve_cmd(model: Path, image_dir: Path, where: str, top: int, min_score: 
     """
     from celebhpo.infer import format_retrieval, load_model, retrieve
 
-    predictor = load_model(model)
+    predictor = load_model(model, backend=backend)
     result = retrieve(predictor, image_dir, where, top=top, min_score=min_score, sheet=sheet,
                       progress=True)
     click.echo(format_retrieval(result, fmt=fmt))
