@@ -1,0 +1,99 @@
+"""Matplotlib figures logged to MLflow: a trial's training curves, the study's F1 heatmap.
+
+Figures are built with `matplotlib.figure.Figure` (no pyplot), so no global backend or
+figure registry is touched and nothing leaks between trials or threads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["f1_heatmap", "f1_heatmap_from_study", "training_curves"]
+
+
+def training_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Loss and mean accuracy per epoch, train vs val, as a PNG (two panels)."""
+    from matplotlib.figure import Figure
+
+    if not history:
+        raise ValueError("no epochs in the history")
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for key, label in (("train_loss", "train"), ("val_loss", "val")):
+        if any(key in h for h in history):
+            loss_ax.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", label=label)
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    for key, label in (("train_mean_acc", "train"), ("val_mean_acc", "val")):
+        if any(key in h for h in history):
+            acc_ax.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", label=label)
+    acc_ax.set(xlabel="epoch", ylabel="mean accuracy", title="mean accuracy (40 attributes)")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+    return Path(path)
+
+
+def f1_heatmap(f1: np.ndarray, attributes: list[str], trial_labels: list[str],
+               path: str | Path, title: str = "F1 per attribute (tuned thresholds)") -> Path:
+    """`f1` (n_attributes, n_trials) in [0, 1], NaN where unknown: attributes down, trials
+    across, so which model learned which attributes shows at a glance."""
+    from matplotlib.figure import Figure
+
+    f1 = np.asarray(f1, dtype=float)
+    if f1.ndim != 2 or f1.shape != (len(attributes), len(trial_labels)) or f1.size == 0:
+        raise ValueError(f"F1 matrix of shape {f1.shape} does not match "
+                         f"{len(attributes)} attributes x {len(trial_labels)} trials")
+    width = min(3 + 0.45 * len(trial_labels), 40)
+    fig = Figure(figsize=(width, 0.22 * len(attributes) + 1.8), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(np.ma.masked_invalid(f1), aspect="auto", cmap="viridis", vmin=0, vmax=1,
+                      interpolation="nearest")
+    ax.set_yticks(range(len(attributes)), attributes, fontsize=7)
+    ax.set_xticks(range(len(trial_labels)), trial_labels, rotation=90, fontsize=7)
+    ax.set(xlabel="trial", title=title)
+    fig.colorbar(image, ax=ax, label="F1")
+    fig.savefig(path, dpi=100)
+    return Path(path)
+
+
+def f1_heatmap_from_study(study: optuna.Study, path: str | Path) -> Path:
+    """The heatmap over the study's COMPLETE trials, from each trial's user attr
+    `f1_by_attribute` ({attribute: F1}, or a list in celebhpo.data.ATTRIBUTES order)."""
+    import optuna as _optuna
+
+    trials = [t for t in study.get_trials(deepcopy=False,
+                                          states=(_optuna.trial.TrialState.COMPLETE,))
+              if t.user_attrs.get("f1_by_attribute")]
+    if not trials:
+        raise ValueError("no completed trial has f1_by_attribute yet")
+    columns = [_as_mapping(t.user_attrs["f1_by_attribute"]) for t in trials]
+    attributes = list(columns[0])
+    for col in columns[1:]:
+        attributes += [a for a in col if a not in attributes]
+    f1 = np.array([[col.get(a, np.nan) for col in columns] for a in attributes], dtype=float)
+    labels = [f"t{t.number:03d} {t.params['arch']}" if "arch" in t.params else f"t{t.number:03d}"
+              for t in trials]
+    return f1_heatmap(f1, attributes, labels, path)
+
+
+def _as_mapping(value: Any) -> dict[str, float]:
+    if isinstance(value, dict):
+        return {str(k): np.nan if v is None else float(v) for k, v in value.items()}
+    from celebhpo.data.layouts import ATTRIBUTES
+
+    values = list(value)
+    if len(values) != len(ATTRIBUTES):
+        raise ValueError(f"f1_by_attribute has {len(values)} values, expected {len(ATTRIBUTES)}")
+    return {a: np.nan if v is None else float(v) for a, v in zip(ATTRIBUTES, values, strict=True)}
