@@ -333,7 +333,7 @@ def _check_keys(raw: dict, valid: list[str], source: str, what: str) -> None:
     for key in raw:
         if key not in valid:
             raise ConfigError(
-                f"{source}: unknown {what} '{key}'{_suggest(key, valid)} "
+                f"{source}: unknown {what} {key!r}{_suggest(key, valid)} "
                 f"(valid: {', '.join(valid)})"
             )
 

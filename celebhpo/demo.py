@@ -31,6 +31,7 @@ def run_demo(workdir: Path, *, quick: bool = False, echo: Callable[[str], None] 
     from celebhpo.data import synthesize
     from celebhpo.export import export_best
     from celebhpo.infer import (
+        evaluate,
         format_predictions,
         format_retrieval,
         load_model,
@@ -81,10 +82,15 @@ def run_demo(workdir: Path, *, quick: bool = False, echo: Callable[[str], None] 
                            tracking_uri=tracking_uri, device="cpu")
     echo(exported.summary())
 
-    step(5, "predict a few test faces, retrieve by attributes")
+    _, val_report = evaluate(best_dir, data_root, split="val", progress=False)
+    check = accuracy_check(val_report)
+    echo(_format_check(check))
+
+    step(5, "predict a few test faces (threshold 0.5), retrieve by attributes")
     predictor = load_model(best_dir)
     images = sorted((data_root / "img_align_celeba" / "img_align_celeba").glob("*.jpg"))[-3:]
-    echo(format_predictions(predict(predictor, images, progress=False), fmt="table"))
+    echo(format_predictions(predict(predictor, images, threshold="0.5", progress=False),
+                            fmt="table"))
     echo(f'\nretrieve --where "{plan["retrieve"]}" (top 5):')
     image_dir = data_root / "img_align_celeba" / "img_align_celeba"
     echo(format_retrieval(retrieve(predictor, image_dir, plan["retrieve"], top=5,
@@ -96,7 +102,32 @@ def run_demo(workdir: Path, *, quick: bool = False, echo: Callable[[str], None] 
     echo(f"\nCompare the trials in MLflow:\n  {ui}\n  then open http://127.0.0.1:5000")
     echo(f"\ndone in {time.perf_counter() - started:.0f} s")
     return {"study": name, "storage": storage, "tracking_uri": tracking_uri, "best": best_dir,
-            "leaderboard": board}
+            "leaderboard": board, "check": check}
+
+
+def accuracy_check(report) -> dict[str, float]:
+    """Validation accuracy at 0.5 of all and of the visible attributes, against always
+    answering each attribute's majority class (what a model that learned nothing scores)."""
+    from celebhpo.data import VISIBLE_ATTRIBUTES
+
+    rep = report.set_index("attribute")
+    majority = rep["positive_rate"].clip(lower=0.0).map(lambda r: max(r, 1.0 - r))
+    visible = [a for a in VISIBLE_ATTRIBUTES if a in rep.index]
+    return {
+        "mean_acc": float(rep["accuracy"].mean()),
+        "majority_mean_acc": float(majority.mean()),
+        "visible_acc": float(rep.loc[visible, "accuracy"].mean()),
+        "visible_majority_acc": float(majority[visible].mean()),
+        "n_visible": len(visible),
+    }
+
+
+def _format_check(c: dict[str, float]) -> str:
+    return (
+        f"validation accuracy at 0.5: all 40 attributes {c['mean_acc']:.3f} "
+        f"(majority-class baseline {c['majority_mean_acc']:.3f}); the {c['n_visible']} visible ones "
+        f"{c['visible_acc']:.3f} (baseline {c['visible_majority_acc']:.3f})"
+    )
 
 
 def _fresh_name(base: str, existing: set[str]) -> str:

@@ -201,13 +201,14 @@ def draw_face(seed: int, index: int) -> tuple[Image.Image, dict[str, bool]]:
                             fill=beard_rgb)
     smile, open_ = a["Smiling"], a["Mouth_Slightly_Open"]
     dark, teeth = (45, 5, 10), (252, 252, 248)
+    # mouths are drawn large so that they survive the resize to 32x32 px
     if smile:
-        box = (cx - mw * 0.62, ym - 16 * s, cx + mw * 0.62, ym + 16 * s)
+        box = (cx - mw * 0.85, ym - 26 * s, cx + mw * 0.85, ym + 26 * s)
         d.chord(box, 0, 180, fill=dark if open_ else teeth, outline=lips, width=5)
         if open_:
-            d.rectangle((cx - mw * 0.5, ym + 1, cx + mw * 0.5, ym + 7 * s), fill=teeth)
+            d.rectangle((cx - mw * 0.7, ym + 1, cx + mw * 0.7, ym + 9 * s), fill=teeth)
     elif open_:
-        d.ellipse((cx - mw * 0.24, ym - 9 * s, cx + mw * 0.24, ym + 13 * s), fill=dark,
+        d.ellipse((cx - mw * 0.34, ym - 14 * s, cx + mw * 0.34, ym + 20 * s), fill=dark,
                   outline=lips, width=5)
     else:
         d.line((cx - mw * 0.38, ym, cx + mw * 0.38, ym), fill=lips, width=7)

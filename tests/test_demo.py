@@ -1,0 +1,34 @@
+"""`celebhpo demo --quick` end to end: faces, study, optimize, export, predict, retrieve."""
+
+from __future__ import annotations
+
+import optuna
+from click.testing import CliRunner
+
+from celebhpo.cli import cli
+
+
+def test_quick_demo_runs_everything_and_a_second_run_starts_a_fresh_study(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["demo", "--workdir", str(tmp_path), "--quick"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    for n in range(1, 7):
+        assert f"[{n}/6]" in out
+    assert "validation accuracy at 0.5" in out
+    assert 'retrieve --where "Eyeglasses and not Male"' in out
+    assert "mlflow ui --backend-store-uri sqlite:///" in out and "--host 127.0.0.1" in out
+    for name in ("model.pt", "model_card.md", "model_card.json"):
+        assert (tmp_path / "best" / name).is_file()
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
+    storage = f"sqlite:///{tmp_path / 'studies' / 'celebhpo.db'}"
+    study = optuna.load_study(study_name="demo-quick", storage=storage)
+    assert len(study.trials) == 2  # the whole grid
+    assert all(t.state.is_finished() for t in study.trials)
+
+    again = runner.invoke(cli, ["demo", "--workdir", str(tmp_path), "--quick"])
+    assert again.exit_code == 0, again.output
+    assert "already there: reusing them" in again.output
+    assert "this run is 'demo-quick-2'" in again.output
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    assert names == {"demo-quick", "demo-quick-2"}
