@@ -69,9 +69,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000, help="images to use (default 2000)")
     ap.add_argument("--root", type=Path, default=None, help="a CelebA folder (default: synthesize)")
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs after the warm-up")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads for our loader (default 1: its ops are memory-bound, and "
-                         "spinning OpenMP threads collapse on a busy shared machine)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="torch threads for our loader (default: all cores, as training uses "
+                         "and as the seed's 2 workers do; on a busy shared machine 1 can be "
+                         "steadier, since spinning OpenMP threads collapse under contention)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
