@@ -19,32 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
+from seed_pipeline import SeedDataset  # benchmarks/ is on sys.path when run as a script
+from torch.utils.data import DataLoader
 
 from celebhpo.data import BatchLoader, read_celeba, synthesize
 from celebhpo.data.cache import decode_images
-from celebhpo.data.loader import IMAGENET_MEAN, IMAGENET_STD
 
 SIZE, BATCH = 64, 64
-
-
-class SeedDataset(Dataset):
-    """The seed notebooks' dataset: per-item PIL open + torchvision transforms."""
-
-    def __init__(self, paths: list[Path], labels: np.ndarray) -> None:
-        self.paths, self.labels = paths, labels
-        self.tf = transforms.Compose([
-            transforms.Resize((SIZE, SIZE)), transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        img = Image.open(self.paths[i]).convert("RGB")
-        return self.tf(img), torch.tensor(self.labels[i], dtype=torch.float32)
 
 
 def images_per_s(loader, epochs: int) -> tuple[float, float]:
@@ -84,7 +65,7 @@ def main() -> None:
         print(f"{len(paths)} images from {root} ({ds.layout}), {SIZE}x{SIZE}, batch {BATCH}, "
               f"CPU, {os.cpu_count()} cores, {args.threads} torch thread(s), torch {torch.__version__}")
 
-        seed = DataLoader(SeedDataset(paths, labels), batch_size=BATCH, shuffle=True,
+        seed = DataLoader(SeedDataset(paths, labels, SIZE), batch_size=BATCH, shuffle=True,
                           num_workers=2, persistent_workers=True)
         seed_ips, seed_epoch = images_per_s(seed, args.epochs)
         del seed  # stop its workers before timing ours

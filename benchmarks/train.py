@@ -31,32 +31,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from seed_pipeline import SeedDataset  # benchmarks/ is on sys.path when run as a script
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
+from torch.utils.data import DataLoader
 
-from celebhpo.data import IMAGENET_MEAN, IMAGENET_STD, BatchLoader, read_celeba, synthesize
+from celebhpo.data import BatchLoader, read_celeba, synthesize
 from celebhpo.data.cache import decode_images
 from celebhpo.models import create_model
 from celebhpo.train import class_weights, make_loss, make_optimizer, train_one_epoch
-
-
-class SeedDataset(Dataset):
-    """The seed notebooks' dataset: per-item PIL open + torchvision transforms."""
-
-    def __init__(self, paths: list[Path], labels: np.ndarray, size: int) -> None:
-        self.paths, self.labels = paths, labels
-        self.tf = transforms.Compose([
-            transforms.Resize((size, size)), transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        img = Image.open(self.paths[i]).convert("RGB")
-        return self.tf(img), torch.tensor(self.labels[i], dtype=torch.float32)
 
 
 def seed_style_runner(model: nn.Module, loader: DataLoader, labels: np.ndarray,
