@@ -222,7 +222,9 @@ def create_study(
         tracker.check()
         optuna.delete_study(study_name=name, storage=backend)
         replaced = f" (replaced the old one and its {n_old} trials)"
-    tracker = Tracker(uri)
+    else:
+        tracker = Tracker(uri)
+        tracker.check()  # one clear line now, not minutes of MLflow's own HTTP retries
     experiment_id, parent_run_id = tracker.create_study_run(name, config, fresh=bool(replaced))
     try:
         with optuna_quiet():

@@ -217,7 +217,7 @@ def test_model_card_content_and_masking():
 def _tiny_study(tmp_path, synth_root, name: str, *, optimize_it: bool = True) -> tuple[str, str]:
     from celebhpo.config import load_study_file
     from celebhpo.study import create_study, optimize
-    from tests.test_study import write_study
+    from tests.conftest import write_study
 
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"

@@ -8,12 +8,6 @@ one TrackingError, not a hang.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
 
@@ -21,13 +15,8 @@ import pytest
 
 from celebhpo.errors import TrackingError
 from celebhpo.tracking import Tracker
+from tests.conftest import Relay
 from tests.test_tracking import CONFIG, make_fit
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(base: str, path: str, **query) -> dict:
@@ -43,47 +32,8 @@ def _post(base: str, path: str, body: dict) -> dict:
         return json.loads(r.read())
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("server")
-    port = _free_port()
-    log = (root / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()}")
-            time.sleep(0.5)
-        yield base, proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its workers
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
-
-
-def test_study_through_a_tracking_server(server, tmp_path):
-    base, _ = server
+def test_study_through_a_tracking_server(tracking_server, tmp_path):
+    base = tracking_server
     tracker = Tracker(base, retries=1, backoff=0.1)
     tracker.check()
     exp, parent = tracker.create_study_run("served", CONFIG)
@@ -143,15 +93,14 @@ def tags_of(run: dict) -> dict[str, str]:
     return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
 
 
-def test_server_gone_mid_study_is_a_tracking_error(server, tmp_path, monkeypatch):
-    """Runs last in this module: it stops the server."""
-    base, proc = server
+def test_server_gone_mid_study_is_a_tracking_error(tracking_server, tmp_path, monkeypatch):
+    relay = Relay(tracking_server).start()  # the server as this client sees it
+    base = relay.url
     tracker = Tracker(base, retries=1, backoff=0.1)
     exp, parent = tracker.create_study_run("gone", CONFIG)
     run = tracker.start_trial(exp, parent, 0, {"lr": 1e-3}, CONFIG)
     run.log_epoch(1, make_fit(tmp_path).history[0])
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=20)
+    relay.stop()  # the server goes away: connections refused, open ones cut
     # MLflow's own HTTP retries would take minutes; ours (retries=1) are what this tests
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     with pytest.raises(TrackingError, match=r"after 2 attempts") as info:

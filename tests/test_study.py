@@ -25,50 +25,9 @@ from celebhpo.study import (
     optimize,
 )
 from celebhpo.workers import launch_workers
+from tests.conftest import mlflow_runs, write_study
 
 TS = optuna.trial.TrialState
-
-
-def write_study(path: Path, root: Path, *, name: str = "t", sampler: str = "grid",
-                space: str = "lr = [0.003, 0.03]", pruner: str = "none", epochs: int = 1,
-                study_extra: str = "", train_size: int = 96) -> Path:
-    """A tiny study file: the test arch on 16 px faces, a few dozen images, CPU."""
-    path.write_text(f"""
-[study]
-name = "{name}"
-sampler = "{sampler}"
-pruner = "{pruner}"
-seed = 0
-{study_extra}
-
-[data]
-root = "{root}"
-train_size = {train_size}
-val_size = 30
-test_size = 30
-image_size = 16
-
-[train]
-arch = "tiny"
-pretrained = "none"
-epochs = {epochs}
-batch_size = 32
-eval_batch_size = 64
-num_features = 16
-device = "cpu"
-
-[space]
-{space}
-""")
-    return path
-
-
-def mlflow_runs(tracking_uri: str, study_name: str) -> dict[int, object]:
-    """Trial number -> MLflow run of the study's child runs."""
-    client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(study_name)
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.role = 'trial'")
-    return {int(r.data.tags["trial_number"]): r for r in runs}
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,10 @@ PostgreSQL: 127.0.0.1:5432, user postgres, trust auth; each test makes a throw-a
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,8 +18,8 @@ import optuna
 import pytest
 
 from celebhpo.config import load_study_file
-from celebhpo.study import create_study, leaderboard, load_study, optimize
-from tests.test_study import mlflow_runs, write_study
+from celebhpo.study import create_study, load_study, optimize
+from tests.conftest import assert_grid_done_once, logs, mlflow_runs, start, write_study
 
 TS = optuna.trial.TrialState
 GRID8 = "lr = [0.001, 0.003, 0.01, 0.03]\ndropout = [0.1, 0.3]"
@@ -31,38 +28,6 @@ GRID8 = "lr = [0.001, 0.003, 0.01, 0.03]\ndropout = [0.1, 0.3]"
 @pytest.fixture(scope="module")
 def tracking_uri(tmp_path_factory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}"
-
-
-@pytest.fixture
-def pg_url():
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres",
-                                connect_timeout=3)
-    except psycopg2.OperationalError as e:
-        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432 as user postgres: {e}")
-    conn.autocommit = True
-    name = f"celebhpo_test_{uuid.uuid4().hex[:12]}"
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
-
-
-def start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
-    """`python -m celebhpo ARGS`, output to `log`; one torch thread, as CI shares cores."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "celebhpo", *args], cwd=cwd, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-
-
-def logs(*paths: Path) -> str:
-    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in paths if p.exists())
 
 
 def wait_for(what: str, check: Callable[[], object], procs: list[subprocess.Popen],
@@ -95,27 +60,6 @@ def _storage(storage: str):
     from celebhpo.storage import open_storage
 
     return open_storage(storage)
-
-
-def assert_grid_done_once(storage: str, name: str, tracking_uri: str, points: int) -> None:
-    """Every grid point COMPLETE exactly once; nothing RUNNING or WAITING; one FINISHED
-    MLflow child run per completed trial."""
-    study, cfg = load_study(name, storage)
-    trials = study.get_trials()
-    complete = [t for t in trials if t.state == TS.COMPLETE]
-    keys = [tuple(sorted(t.params.items())) for t in complete]
-    assert len(keys) == len(set(keys)) == points, [t.params for t in trials]
-    expected = {tuple(sorted(zip(cfg.grid(), v, strict=True)))
-                for v in itertools.product(*cfg.grid().values())}
-    assert set(keys) == expected
-    assert not [t for t in trials if t.state in (TS.RUNNING, TS.WAITING)]
-    runs = mlflow_runs(tracking_uri, name)
-    for t in complete:
-        assert runs[t.number].info.status == "FINISHED"
-        assert runs[t.number].info.run_id == t.user_attrs["mlflow_run_id"]
-    assert not [r for r in runs.values() if r.info.status == "RUNNING"]
-    board = leaderboard(study)
-    assert list(board["state"][:points]) == ["COMPLETE"] * points
 
 
 # -- many workers, one grid -------------------------------------------------------------------
