@@ -41,8 +41,14 @@ from torch.utils.data import DataLoader
 
 from celebhpo.data import BatchLoader, read_celeba, synthesize
 from celebhpo.data.cache import decode_images
-from celebhpo.models import create_model
-from celebhpo.train import evaluate, make_loss, make_optimizer, resolve_device, train_one_epoch
+from celebhpo.training.loop import (
+    evaluate,
+    make_loss,
+    make_optimizer,
+    resolve_device,
+    train_one_epoch,
+)
+from celebhpo.training.models import create_model
 
 SEED_GRID_IMAGES, SEED_GRID_EPOCHS, SEED_GRID_VAL, SEED_GRID_TRIALS = 40_000, 8, 5_000, 8
 

@@ -82,7 +82,7 @@ class Database:
 def run(workers: int, study_file: Path, server: str, work: Path) -> dict:
     """Create the study in a fresh database, start `workers` optimize processes, time them."""
     from celebhpo.config import load_study_file
-    from celebhpo.study import create_study, load_study
+    from celebhpo.hpo.studies import create_study, load_study
 
     tracking = f"sqlite:///{work / f'mlruns-{workers}' / 'mlflow.db'}"
     with Database(server) as storage:

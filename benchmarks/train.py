@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader
 
 from celebhpo.data import BatchLoader, read_celeba, synthesize
 from celebhpo.data.cache import decode_images
-from celebhpo.models import create_model
-from celebhpo.train import class_weights, make_loss, make_optimizer, train_one_epoch
+from celebhpo.training.loop import class_weights, make_loss, make_optimizer, train_one_epoch
+from celebhpo.training.models import create_model
 
 
 def seed_style_runner(model: nn.Module, loader: DataLoader, labels: np.ndarray,

@@ -444,7 +444,7 @@ def _build_range(key: str, spec: dict, hint: Any, where: str) -> Dimension:
 
 
 def _check_arch(name: Any, source: str, key: str) -> None:
-    from celebhpo.models import is_known_arch, list_models  # late: torchvision is heavy
+    from celebhpo.training.models import is_known_arch, list_models  # late: torchvision is heavy
 
     if not is_known_arch(name):
         known = list_models()

@@ -4,24 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
 import pytest
 from click.testing import CliRunner
 
 from celebhpo import __version__
 from celebhpo.cli import cli
-
-
-def all_commands(group: click.Group = cli, prefix: tuple[str, ...] = ()):
-    for name, cmd in group.commands.items():
-        path = (*prefix, name)
-        if isinstance(cmd, click.Group):
-            yield from all_commands(cmd, path)
-        else:
-            yield path, cmd
-
-
-COMMANDS = [" ".join(path) for path, _ in all_commands()]
+from tests.helpers import COMMANDS
 
 
 def test_version():

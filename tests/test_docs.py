@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from celebhpo.config import DataConfig, StudySection, TrainConfig
-from tests.test_cli import COMMANDS
+from tests.helpers import COMMANDS
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

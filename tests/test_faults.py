@@ -24,13 +24,13 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from celebhpo.checkpoint import load_checkpoint, save_checkpoint
 from celebhpo.config import DataConfig, load_study_file
 from celebhpo.data import load_data
 from celebhpo.errors import TrackingError
-from celebhpo.study import create_study, load_study, optimize
-from celebhpo.tracking import Tracker
-from tests.conftest import Relay, free_port, mlflow_runs, write_study
+from celebhpo.hpo.studies import create_study, load_study, optimize
+from celebhpo.tracking.client import Tracker
+from celebhpo.training.checkpoint import load_checkpoint, save_checkpoint
+from tests.helpers import Relay, free_port, mlflow_runs, write_study
 
 TS = optuna.trial.TrialState
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -108,7 +108,7 @@ def test_kill9_during_the_cache_build_never_leaves_a_usable_partial_cache(synth_
 # weights hold the save's number, so a loaded file shows which save it is and that it is whole.
 SAVE_FOREVER = """
 import sys, torch
-from celebhpo.checkpoint import save_checkpoint
+from celebhpo.training.checkpoint import save_checkpoint
 path = sys.argv[1]
 for i in range(1, 1_000_000):
     save_checkpoint(path, {

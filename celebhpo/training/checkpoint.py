@@ -1,0 +1,208 @@
+"""celebhpo checkpoints: written atomically, read with `torch.load(weights_only=True)`.
+
+A checkpoint is one dict of plain values and tensors (no pickled classes, so it loads without
+running code):
+
+    format       "celebhpo-checkpoint"
+    version      1
+    arch         backbone name (models.create_model)
+    state_dict   {name: tensor} on the CPU
+    config       StudyConfig.to_dict() of the run
+    attributes   [40 names], the order of the logits
+    normalization {"mean": [3 floats], "std": [3 floats]}
+    thresholds   [one float per attribute], tuned on validation
+    metrics      {name: float}, validation at the best epoch
+    epoch        the best epoch (from 1)
+    image_size, crop   how images were decoded (optional; else from config.data)
+
+Extra keys (export adds `test_metrics`, `export`) are kept as they are.
+Imports no optuna/mlflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import pickle
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from celebhpo.errors import CheckpointError
+
+__all__ = ["FORMAT", "REQUIRED_KEYS", "VERSION", "load_checkpoint", "model_from_checkpoint",
+           "save_checkpoint"]
+
+FORMAT = "celebhpo-checkpoint"
+VERSION = 1
+REQUIRED_KEYS = ("state_dict", "config", "attributes", "normalization", "thresholds", "metrics",
+                 "epoch", "arch")
+
+_READ_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError,
+                zipfile.BadZipFile, AttributeError, TypeError, ImportError, KeyError, IndexError)
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write `payload` to `path` atomically: a temp file in the same folder, fsync, then
+    os.replace, so a reader never sees half a file. numpy values become lists/numbers and
+    Paths strings, so the file stays loadable with weights_only=True. Returns `path`."""
+    path = Path(path)
+    payload = dict(payload)
+    payload.setdefault("format", FORMAT)
+    payload.setdefault("version", VERSION)
+    clean = _plain(payload, "payload")
+    _validate(clean, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(clean, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and validate a celebhpo checkpoint; CheckpointError naming the file otherwise.
+
+    Loaded with weights_only=True: a pickle that would run code (or needs any class beyond
+    tensors and plain containers) is refused, never executed."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        with warnings.catch_warnings():
+            # torch warns about odd pickle protocols before failing; our error says it all
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise CheckpointError(
+            f"{path}: refused to load: not a celebhpo checkpoint, or it holds objects other "
+            f"than tensors and plain values ({first}); only load files you trust, and "
+            "re-create it with celebhpo"
+        ) from None
+    except _READ_ERRORS as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(e).__name__}: {first}); the file is "
+            "damaged or not a torch file: re-create it"
+        ) from None
+    _validate(payload, path)
+    return payload
+
+
+def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
+    """The checkpoint's model, weights loaded, in eval mode, on the CPU."""
+    from celebhpo.training.models import create_model  # late: torchvision import is heavy
+
+    train = (payload.get("config") or {}).get("train") or {}
+    arch = str(payload["arch"])
+    try:
+        model = create_model(
+            arch,
+            num_labels=len(payload["attributes"]),
+            num_features=int(train.get("num_features", 512)),
+            dropout=float(train.get("dropout", 0.0)),
+            pretrained="none",
+        )
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointError(
+            f"checkpoint of {arch!r}: its weights do not fit the model its config describes "
+            f"({first}); re-create the checkpoint"
+        ) from None
+    return model.eval()
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _validate(payload: Any, path: Path) -> None:
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: not a celebhpo checkpoint (holds a "
+                              f"{type(payload).__name__}, not a dict)")
+    if payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a celebhpo checkpoint (format "
+                              f"{payload.get('format')!r}, expected {FORMAT!r})")
+    version = payload.get("version", VERSION)
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {version!r} is newer than this "
+                              f"celebhpo reads ({VERSION}); upgrade celebhpo")
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}; re-create it")
+    state = payload["state_dict"]
+    if not isinstance(state, dict) or not state or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CheckpointError(f"{path}: state_dict must be a non-empty dict of tensors")
+    attrs = payload["attributes"]
+    if not isinstance(attrs, list | tuple) or not attrs or not all(
+        isinstance(a, str) for a in attrs
+    ):
+        raise CheckpointError(f"{path}: attributes must be a non-empty list of names")
+    norm = payload["normalization"]
+    if not (isinstance(norm, dict) and all(
+        isinstance(norm.get(k), list | tuple) and len(norm[k]) == 3
+        and all(isinstance(v, int | float) and math.isfinite(v) for v in norm[k])
+        for k in ("mean", "std")
+    )):
+        raise CheckpointError(f"{path}: normalization must be {{'mean': [3 numbers], "
+                              "'std': [3 numbers]}")
+    th = payload["thresholds"]
+    if not isinstance(th, list | tuple) or len(th) != len(attrs) or not all(
+        isinstance(v, int | float) for v in th
+    ):
+        raise CheckpointError(f"{path}: thresholds must be {len(attrs)} numbers, one per "
+                              "attribute")
+    for key, kind in (("config", dict), ("metrics", dict), ("arch", str), ("epoch", int)):
+        if not isinstance(payload[key], kind) or isinstance(payload[key], bool):
+            raise CheckpointError(f"{path}: {key} must be a {kind.__name__}, got "
+                                  f"{type(payload[key]).__name__}")
+
+
+def _plain(value: Any, where: str) -> Any:
+    """Only what weights_only=True can read back: tensors, str/int/float/bool/None, and
+    dicts/lists/tuples of them. numpy and Path values are converted; anything else refused."""
+    if isinstance(value, torch.Tensor | str | bool | int | float) or value is None:
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v, f"{where}[{i}]") for i, v in enumerate(value))
+    raise CheckpointError(f"checkpoint value {where} is a {type(value).__name__}; only tensors, "
+                          "numbers, strings, lists and dicts can be saved")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
