@@ -41,11 +41,11 @@ from torch.utils.data import DataLoader
 
 from celebhpo.data import BatchLoader, read_celeba, synthesize
 from celebhpo.data.cache import decode_images
+from celebhpo.training.devices import resolve_device
 from celebhpo.training.loop import (
     evaluate,
     make_loss,
     make_optimizer,
-    resolve_device,
     train_one_epoch,
 )
 from celebhpo.training.models import create_model

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from celebhpo.errors import ConfigError, DataError, TrainingError
+from celebhpo.training.devices import resolve_device
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,7 +55,6 @@ __all__ = [
     "make_loss",
     "make_optimizer",
     "make_scheduler",
-    "resolve_device",
     "summarize",
     "train_one_epoch",
 ]
@@ -105,34 +105,7 @@ class FitResult:
     device: str
 
 
-# -- device, loss, optimizer -----------------------------------------------------------------
-def resolve_device(name: str = "auto") -> torch.device:
-    """"auto" -> cuda if available, else mps, else cpu; or the device named."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"[train] device = {name!r} is not a device; use auto, cpu, cuda, "
-                          "cuda:N or mps") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f'[train] device = "{name}" but no CUDA GPU is visible; use '
-                              'device = "auto" or "cpu"')
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f'[train] device = "{name}" but only {torch.cuda.device_count()} '
-                              "GPU(s) are visible")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None)
-                                  and torch.backends.mps.is_available()):
-        raise ConfigError(f'[train] device = "{name}" but MPS is not available; use "auto"')
-    return dev
-
-
+# -- loss, optimizer -----------------------------------------------------------------
 def class_weights(labels: np.ndarray, scheme: str) -> np.ndarray | None:
     """(A,) loss weights from the train split's (N, A) 0/1 labels.
 

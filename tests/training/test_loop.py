@@ -24,6 +24,7 @@ from celebhpo.data import (
 )
 from celebhpo.errors import ConfigError, TrainingError
 from celebhpo.training.checkpoint import load_checkpoint, model_from_checkpoint
+from celebhpo.training.devices import resolve_device
 from celebhpo.training.loop import (
     Callback,
     class_weights,
@@ -32,7 +33,6 @@ from celebhpo.training.loop import (
     make_loss,
     make_optimizer,
     make_scheduler,
-    resolve_device,
     summarize,
 )
 from celebhpo.training.metrics import compute_metrics, per_class_report
