@@ -28,6 +28,7 @@ import optuna
 
 from celebhpo.config import Categorical, FloatRange, StudyConfig
 from celebhpo.errors import ConfigError, StudyError
+from celebhpo.hpo.results import STATE_ORDER, best_trial, leaderboard
 from celebhpo.hpo.storage import (
     DEFAULT_STORAGE,
     StorageSpec,
@@ -53,8 +54,6 @@ __all__ = [
     "optimize",
     "suggest_params",
 ]
-
-STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
 
 
 @dataclass
@@ -360,7 +359,7 @@ def list_studies(storage: str) -> pd.DataFrame:
         for t in trials:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
         cfg = study.user_attrs.get("config", {})
-        best = _best(study)
+        best = best_trial(study)
         rows.append({
             "name": name,
             "direction": study.direction.name.lower(),
@@ -373,61 +372,6 @@ def list_studies(storage: str) -> pd.DataFrame:
     columns = ["name", "direction", "sampler", "trials", *(s.lower() for s in STATE_ORDER),
                "best_value", "best_trial"]
     return pd.DataFrame(rows, columns=columns)
-
-
-def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if not complete:
-        return None
-    pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
-    return pick(complete, key=lambda t: t.value)
-
-
-def leaderboard(study: optuna.Study) -> pd.DataFrame:
-    """Every trial, best first: COMPLETE by value, then PRUNED by their best reported value,
-    then RUNNING, WAITING and FAIL. Columns: trial, state, the searched params, the value,
-    best_val_loss, val_mean_acc, val_map, epochs, duration_s, note."""
-    import pandas as pd
-
-    trials = study.get_trials(deepcopy=False)
-    metric = study.user_attrs.get("config", {}).get("study", {}).get("metric", "value")
-    sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
-    retried = {n: t.number for t in trials for n in t.system_attrs.get("retry_history", [])[-1:]}
-    param_names = list(dict.fromkeys(k for t in trials for k in t.params))
-    rows = []
-    for t in trials:
-        a = t.user_attrs
-        if t.state.name == "COMPLETE":
-            score = t.value
-        else:
-            reported = list(t.intermediate_values.values())
-            score = (min(reported, key=lambda v: sign * v) if reported else None)
-        note = a.get("fail_reason", "") if t.state.name == "FAIL" else ""
-        if t.state.name == "PRUNED" and a.get("pruned_at") is not None:
-            note = f"pruned at epoch {a['pruned_at']}"
-        if t.number in retried:
-            note = (note or "worker lost") + f"; re-run as trial {retried[t.number]}"
-        rows.append({
-            "trial": t.number,
-            "state": t.state.name,
-            **{k: t.params.get(k) for k in param_names},
-            metric: score,
-            "best_val_loss": a.get("best_val_loss"),
-            "val_mean_acc": a.get("val_mean_acc"),
-            "val_map": a.get("val_map"),
-            "epochs": a.get("epochs_run"),
-            "duration_s": a.get("duration_s"),
-            "note": note,
-            "_rank": (STATE_ORDER.get(t.state.name, 5),
-                      sign * score if score is not None and t.state.name in ("COMPLETE", "PRUNED")
-                      else 0.0, t.number),
-        })
-    columns = ["trial", "state", *param_names, metric, "best_val_loss", "val_mean_acc",
-               "val_map", "epochs", "duration_s", "note"]
-    if metric == "val_loss":
-        columns.remove("best_val_loss")  # the value is the best val_loss already
-    rows.sort(key=lambda r: r["_rank"])
-    return pd.DataFrame(rows, columns=columns).reset_index(drop=True)
 
 
 # -- run -------------------------------------------------------------------------------------

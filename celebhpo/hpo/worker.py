@@ -143,7 +143,8 @@ class _Worker:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self, n_trials: int | None, timeout: float | None):
-        from celebhpo.hpo.studies import OptimizeSummary, _best
+        from celebhpo.hpo.results import best_trial
+        from celebhpo.hpo.studies import OptimizeSummary
 
         started = time.monotonic()
         ran: list[int] = []
@@ -180,7 +181,7 @@ class _Worker:
         counts: dict[str, int] = {}
         for t in self.study.get_trials(deepcopy=False):
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        best = _best(self.study)
+        best = best_trial(self.study)
         summary = OptimizeSummary(
             study_name=self.study.study_name, counts=counts, ran=ran,
             best_trial=best.number if best else None, best_value=best.value if best else None,
@@ -382,7 +383,7 @@ class _Worker:
                   f"epochs, {summary['duration_s']:.1f} s")
 
     def _refresh_parent(self) -> None:
-        from celebhpo.hpo.studies import leaderboard
+        from celebhpo.hpo.results import leaderboard
 
         try:
             self.tracker.refresh_parent(self.attrs["parent_run_id"], self.study,
