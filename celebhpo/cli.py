@@ -80,7 +80,7 @@ def backend_option(f):
 
 
 def _resolve_storage(storage: str | None) -> str:
-    from celebhpo.hpo.studies import DEFAULT_STORAGE
+    from celebhpo.hpo import DEFAULT_STORAGE
 
     return storage or DEFAULT_STORAGE
 
@@ -198,7 +198,7 @@ def study_create(study_file: Path, grid: bool, name: str | None, data_root: str 
     Example: celebhpo study create studies/seed-grid.toml --grid --data data/celeba
     """
     from celebhpo.config import load_study_file
-    from celebhpo.hpo.studies import create_study
+    from celebhpo.hpo import create_study
 
     cfg = load_study_file(study_file, overrides=list(overrides), data_root=data_root)
     result = create_study(cfg, storage=_resolve_storage(storage), grid=grid, name=name,
@@ -213,7 +213,7 @@ def study_list(storage: str | None) -> None:
 
     Example: celebhpo study list --storage studies/shared.log
     """
-    from celebhpo.hpo.studies import list_studies
+    from celebhpo.hpo import list_studies
 
     table = list_studies(_resolve_storage(storage))
     click.echo("no studies" if table.empty else table.to_string(index=False))
@@ -229,7 +229,7 @@ def study_show(name: str | None, fmt: str, storage: str | None) -> None:
 
     Example: celebhpo study show demo --format csv > leaderboard.csv
     """
-    from celebhpo.hpo.studies import leaderboard, load_study
+    from celebhpo.hpo import leaderboard, load_study
     from celebhpo.report import format_table
 
     optuna_study, _ = load_study(name, _resolve_storage(storage))
@@ -258,7 +258,7 @@ def optimize_cmd(study_name: str | None, n_trials: int | None, timeout: float | 
 
     Example: celebhpo optimize --study seed-grid --trials 8
     """
-    from celebhpo.hpo import studies as study_mod
+    from celebhpo import hpo as study_mod
 
     storage = _resolve_storage(storage)
     if devices:
@@ -292,7 +292,7 @@ def export_best_cmd(study_name: str | None, out: Path, formats: str, register: s
 
     Example: celebhpo export-best --study seed-grid --out best/ --format pt,torchscript
     """
-    from celebhpo.export.best import export_best
+    from celebhpo.export import export_best
 
     result = export_best(study_name=study_name, storage=_resolve_storage(storage), out=out,
                          formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
@@ -317,7 +317,7 @@ def predict_cmd(model: Path, inputs: tuple[Path, ...], fmt: str, threshold: str,
 
     Example: celebhpo predict best/ face.jpg photos/
     """
-    from celebhpo.inference.predictor import format_predictions, load_model, predict
+    from celebhpo.inference import format_predictions, load_model, predict
 
     predictor = load_model(model, backend=backend)
     result = predict(predictor, list(inputs), threshold=threshold, progress=True)
@@ -338,7 +338,7 @@ def evaluate_cmd(model: Path, data_root: Path, split: str, out_dir: Path | None)
 
     Example: celebhpo evaluate best/ data/synthetic --split test --out eval/
     """
-    from celebhpo.inference.predictor import evaluate, format_evaluation
+    from celebhpo.inference import evaluate, format_evaluation
 
     metrics, report = evaluate(model, data_root, split=split, out_dir=out_dir)
     click.echo(format_evaluation(metrics, report))
@@ -366,7 +366,7 @@ def retrieve_cmd(model: Path, image_dir: Path, where: str, top: int, min_score: 
 
     Example: celebhpo retrieve best/ photos/ --where "(Blond_Hair or Gray_Hair) and Smiling"
     """
-    from celebhpo.inference.predictor import format_retrieval, load_model, retrieve
+    from celebhpo.inference import format_retrieval, load_model, retrieve
 
     predictor = load_model(model, backend=backend)
     result = retrieve(predictor, image_dir, where, top=top, min_score=min_score, sheet=sheet,
@@ -387,7 +387,7 @@ def ui_cmd(host: str, port: int, tracking_uri: str | None) -> None:
 
     Example: celebhpo ui --port 5000   then open http://127.0.0.1:5000
     """
-    from celebhpo.tracking.client import ui_command
+    from celebhpo.tracking import ui_command
 
     argv = ui_command(tracking_uri, host=host, port=port)
     click.echo(mask_url(" ".join(argv)), err=True)

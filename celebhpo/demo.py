@@ -29,9 +29,9 @@ def run_demo(workdir: Path, *, quick: bool = False, echo: Callable[[str], None] 
     Everything goes under `workdir`: data/, studies/, mlruns/, best/. Returns what it made.
     """
     from celebhpo.data import synthesize
-    from celebhpo.export.best import export_best
-    from celebhpo.hpo.studies import create_study, leaderboard, list_studies, load_study, optimize
-    from celebhpo.inference.predictor import (
+    from celebhpo.export import export_best
+    from celebhpo.hpo import create_study, leaderboard, list_studies, load_study, optimize
+    from celebhpo.inference import (
         evaluate,
         format_predictions,
         format_retrieval,
@@ -40,7 +40,7 @@ def run_demo(workdir: Path, *, quick: bool = False, echo: Callable[[str], None] 
         retrieve,
     )
     from celebhpo.report import format_table
-    from celebhpo.tracking.client import ui_command
+    from celebhpo.tracking import ui_command
 
     plan = QUICK if quick else DEMO
     started = time.perf_counter()

@@ -42,3 +42,15 @@ def format_inspect(report: dict[str, Any]) -> str:
 
 def to_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, default=str)
+
+
+# -- training (owned by the training/data work) -----------------------------------------------
+
+
+# -- studies (owned by the hpo work) ----------------------------------------------------------
+
+
+# -- inference (owned by the inference/export work) -------------------------------------------
+
+
+# -- export (owned by the inference/export work) ----------------------------------------------

@@ -1,1 +1,25 @@
+"""Optuna: the search space, storages, who owns a trial, studies, results, the worker.
 
+hpo knows nothing of pixels: a trial is `training.fit` with callbacks. The rest of celebhpo
+uses only the names below.
+"""
+
+from __future__ import annotations
+
+from celebhpo.hpo.results import best_trial, leaderboard, metric_name, require_best_trial
+from celebhpo.hpo.storage import DEFAULT_STORAGE, open_storage, parse_storage
+from celebhpo.hpo.studies import (
+    CreateResult,
+    OptimizeSummary,
+    create_study,
+    launch_workers,
+    list_studies,
+    load_study,
+    optimize,
+)
+
+__all__ = [
+    "DEFAULT_STORAGE", "CreateResult", "OptimizeSummary", "best_trial", "create_study",
+    "launch_workers", "leaderboard", "list_studies", "load_study", "metric_name", "open_storage",
+    "optimize", "parse_storage", "require_best_trial",
+]
