@@ -5,6 +5,10 @@ Each message names the file, key, line or id at fault and says what to do.
 
 from __future__ import annotations
 
+import difflib
+import re
+from collections.abc import Iterable
+
 
 class CelebhpoError(Exception):
     """Base class: an error the user can fix; its message is shown as it is."""
@@ -42,8 +46,13 @@ class ExpressionError(CelebhpoError):
     """A malformed `--where` expression or an unknown attribute in it."""
 
 
+def did_you_mean(written: object, valid: Iterable[object], *, n: int = 1,
+                 cutoff: float = 0.5) -> list[str]:
+    """The up to `n` names in `valid` closest to `written` (difflib), best first; [] if none
+    is close. Every "did you mean" hint in celebhpo comes from here."""
+    return difflib.get_close_matches(str(written), [str(v) for v in valid], n=n, cutoff=cutoff)
+
+
 def mask_url(text: str) -> str:
     """Replace the password in any `scheme://user:password@host` inside `text` with ***."""
-    import re
-
     return re.sub(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
