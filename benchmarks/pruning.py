@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from celebhpo.config import load_study_file
-from celebhpo.hpo.studies import create_study, leaderboard, load_study, optimize
+from celebhpo.hpo import create_study, leaderboard, load_study, optimize
 
 QUICK = ["data.train_size=400", "data.val_size=100", "data.test_size=100"]
 

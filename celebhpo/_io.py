@@ -25,7 +25,7 @@ def atomic_path(path: str | Path, *, durable: bool = False) -> Iterator[Path]:
     torch.jit.save, PIL). `durable` also fsyncs the folder, so the rename survives a crash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:

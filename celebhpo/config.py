@@ -11,28 +11,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import math
 import tomllib
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from celebhpo.errors import ConfigError
+from celebhpo.errors import ConfigError, did_you_mean
 
-__all__ = [
-    "Categorical",
-    "DataConfig",
-    "FloatRange",
-    "IntRange",
-    "StudyConfig",
-    "StudySection",
-    "TrainConfig",
-    "load_study_file",
-    "parse_overrides",
-]
+__all__ = ["Categorical", "DataConfig", "FloatRange", "IntRange", "StudyConfig", "StudySection",
+           "TrainConfig", "load_study_file", "parse_overrides"]
 
 
 @dataclass
@@ -321,11 +312,10 @@ _ALIASES = {"learning_rate": "lr", "model": "arch", "architecture": "arch", "bac
             "features": "num_features", "batch": "batch_size", "p": "dropout"}
 
 
-def _suggest(name: str, valid) -> str:
+def _suggest(name: Any, valid: Iterable[Any]) -> str:
     valid = [str(v) for v in valid]
-    if _ALIASES.get(str(name)) in valid:
-        return f"; did you mean '{_ALIASES[str(name)]}'?"
-    close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.5)
+    alias = _ALIASES.get(str(name))
+    close = [alias] if alias in valid else did_you_mean(name, valid)
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
@@ -444,7 +434,8 @@ def _build_range(key: str, spec: dict, hint: Any, where: str) -> Dimension:
 
 
 def _check_arch(name: Any, source: str, key: str) -> None:
-    from celebhpo.training.models import is_known_arch, list_models  # late: torchvision is heavy
+    # late: config sits below training (imports run one way), and torchvision adds ~1 s
+    from celebhpo.training.models import is_known_arch, list_models
 
     if not is_known_arch(name):
         known = list_models()

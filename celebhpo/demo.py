@@ -9,10 +9,24 @@ from __future__ import annotations
 import shlex
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import pandas as pd
+
 from celebhpo.config import load_study_file
+from celebhpo.data import VISIBLE_ATTRIBUTES, synthesize
+from celebhpo.export import export_best
+from celebhpo.hpo import create_study, leaderboard, list_studies, load_study, optimize
+from celebhpo.inference import evaluate, load_model, predict, retrieve
+from celebhpo.report import (
+    format_accuracy_check,
+    format_predictions,
+    format_retrieval,
+    format_table,
+)
+from celebhpo.tracking import ui_command
 
 # The default demo: the seed's grid in miniature. --quick: a tiny one for the test suite.
 DEMO = {"study_file": "demo.toml", "n_images": 2000, "retrieve": "Eyeglasses and not Male"}
@@ -23,93 +37,124 @@ def packaged_study(name: str) -> Path:
     return Path(str(resources.files("celebhpo") / "studies" / name))
 
 
+@dataclass
+class _Demo:
+    """Where one demo run puts things, and how it talks."""
+
+    workdir: Path
+    quick: bool
+    echo: Callable[[str], None]
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def plan(self) -> dict:
+        return QUICK if self.quick else DEMO
+
+    @property
+    def data_root(self) -> Path:
+        return self.workdir / "data" / ("synthetic-quick" if self.quick else "synthetic")
+
+    @property
+    def image_dir(self) -> Path:
+        return self.data_root / "img_align_celeba" / "img_align_celeba"
+
+    @property
+    def db(self) -> Path:
+        return self.workdir / "studies" / "celebhpo.db"
+
+    @property
+    def storage(self) -> str:
+        return f"sqlite:///{self.db}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.workdir / 'mlruns' / 'mlflow.db'}"
+
+    @property
+    def best_dir(self) -> Path:
+        return self.workdir / "best"
+
+    def step(self, n: int, text: str) -> None:
+        self.echo(f"\n[{n}/6] {text}  ({time.perf_counter() - self.started:.0f} s)")
+
+
 def run_demo(workdir: Path, *, quick: bool = False, echo: Callable[[str], None] = print) -> dict:
     """Draw faces, create and optimize the demo grid, export, evaluate, predict, retrieve.
 
     Everything goes under `workdir`: data/, studies/, mlruns/, best/. Returns what it made.
     """
-    from celebhpo.data import synthesize
-    from celebhpo.export import export_best
-    from celebhpo.hpo import create_study, leaderboard, list_studies, load_study, optimize
-    from celebhpo.inference import (
-        evaluate,
-        format_predictions,
-        format_retrieval,
-        load_model,
-        predict,
-        retrieve,
-    )
-    from celebhpo.report import format_table
-    from celebhpo.tracking import ui_command
+    demo = _Demo(Path(workdir).resolve(), quick, echo)
+    _draw_faces(demo)
+    name = _create_study(demo)
 
-    plan = QUICK if quick else DEMO
-    started = time.perf_counter()
-    workdir = Path(workdir).resolve()
-    data_root = workdir / "data" / ("synthetic-quick" if quick else "synthetic")
-    db = workdir / "studies" / "celebhpo.db"
-    storage = f"sqlite:///{db}"
-    tracking_uri = f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
-    best_dir = workdir / "best"
+    demo.step(3, "optimize: every grid point; weak trials are pruned")
+    optimize(study_name=name, storage=demo.storage, device="cpu", progress=True)
+    board = leaderboard(load_study(name, demo.storage)[0])
 
-    def step(n: int, text: str) -> None:
-        echo(f"\n[{n}/6] {text}  ({time.perf_counter() - started:.0f} s)")
+    check = _export_and_check(demo, name)
+    _predict_and_retrieve(demo)
 
-    step(1, f"synthetic faces in {data_root}")
-    if (data_root / "list_attr_celeba.csv").exists():
-        echo("  already there: reusing them (and their decoded cache)")
-    else:
-        synthesize(data_root, n=plan["n_images"], seed=0, progress=True)
-
-    cfg = load_study_file(packaged_study(plan["study_file"]), data_root=data_root)
-    (workdir / "studies").mkdir(parents=True, exist_ok=True)
-    existing = set(list_studies(storage)["name"]) if db.exists() else set()
-    name = _fresh_name(cfg.study.name, existing)
-    step(2, f"study '{name}': {' x '.join(str(len(v)) for v in cfg.grid().values())} grid "
-            f"over {', '.join(cfg.grid())}")
-    if name != cfg.study.name:
-        echo(f"  '{cfg.study.name}' exists from an earlier run; this run is '{name}' "
-             f"(delete {workdir / 'studies'} and {workdir / 'mlruns'} to start afresh)")
-    echo("  " + create_study(cfg, storage=storage, grid=True, name=name,
-                             tracking_uri=tracking_uri).message)
-
-    step(3, "optimize: every grid point; weak trials are pruned")
-    optimize(study_name=name, storage=storage, device="cpu", progress=True)
-    optuna_study, _ = load_study(name, storage)
-    board = leaderboard(optuna_study)
-
-    step(4, f"export the best trial to {best_dir} and evaluate it on the test split")
-    exported = export_best(study_name=name, storage=storage, out=best_dir, formats=("pt",),
-                           tracking_uri=tracking_uri, device="cpu")
-    echo(exported.summary())
-
-    _, val_report = evaluate(best_dir, data_root, split="val", progress=False)
-    check = accuracy_check(val_report)
-    echo(_format_check(check))
-
-    step(5, "predict a few test faces (threshold 0.5), retrieve by attributes")
-    predictor = load_model(best_dir)
-    images = sorted((data_root / "img_align_celeba" / "img_align_celeba").glob("*.jpg"))[-3:]
-    echo(format_predictions(predict(predictor, images, threshold="0.5", progress=False),
-                            fmt="table"))
-    echo(f'\nretrieve --where "{plan["retrieve"]}" (top 5):')
-    image_dir = data_root / "img_align_celeba" / "img_align_celeba"
-    echo(format_retrieval(retrieve(predictor, image_dir, plan["retrieve"], top=5,
-                                   progress=False), fmt="table"))
-
-    step(6, "leaderboard")
+    demo.step(6, "leaderboard")
     echo(format_table(board))
-    ui = " ".join(shlex.quote(a) for a in ui_command(tracking_uri, host="127.0.0.1", port=5000))
+    ui = " ".join(shlex.quote(a) for a in ui_command(demo.tracking_uri, host="127.0.0.1",
+                                                     port=5000))
     echo(f"\nCompare the trials in MLflow:\n  {ui}\n  then open http://127.0.0.1:5000")
-    echo(f"\ndone in {time.perf_counter() - started:.0f} s")
-    return {"study": name, "storage": storage, "tracking_uri": tracking_uri, "best": best_dir,
-            "leaderboard": board, "check": check}
+    echo(f"\ndone in {time.perf_counter() - demo.started:.0f} s")
+    return {"study": name, "storage": demo.storage, "tracking_uri": demo.tracking_uri,
+            "best": demo.best_dir, "leaderboard": board, "check": check}
 
 
-def accuracy_check(report) -> dict[str, float]:
+def _draw_faces(demo: _Demo) -> None:
+    demo.step(1, f"synthetic faces in {demo.data_root}")
+    if (demo.data_root / "list_attr_celeba.csv").exists():
+        demo.echo("  already there: reusing them (and their decoded cache)")
+    else:
+        synthesize(demo.data_root, n=demo.plan["n_images"], seed=0, progress=True)
+
+
+def _create_study(demo: _Demo) -> str:
+    """The demo grid as a study under a name not taken by an earlier run; returns the name."""
+    cfg = load_study_file(packaged_study(demo.plan["study_file"]), data_root=demo.data_root)
+    (demo.workdir / "studies").mkdir(parents=True, exist_ok=True)
+    existing = set(list_studies(demo.storage)["name"]) if demo.db.exists() else set()
+    name = _fresh_name(cfg.study.name, existing)
+    demo.step(2, f"study '{name}': {' x '.join(str(len(v)) for v in cfg.grid().values())} grid "
+                 f"over {', '.join(cfg.grid())}")
+    if name != cfg.study.name:
+        demo.echo(f"  '{cfg.study.name}' exists from an earlier run; this run is '{name}' "
+                  f"(delete {demo.workdir / 'studies'} and {demo.workdir / 'mlruns'} to start "
+                  "afresh)")
+    demo.echo("  " + create_study(cfg, storage=demo.storage, grid=True, name=name,
+                                  tracking_uri=demo.tracking_uri).message)
+    return name
+
+
+def _export_and_check(demo: _Demo, name: str) -> dict[str, float]:
+    demo.step(4, f"export the best trial to {demo.best_dir} and evaluate it on the test split")
+    exported = export_best(study_name=name, storage=demo.storage, out=demo.best_dir,
+                           formats=("pt",), tracking_uri=demo.tracking_uri, device="cpu")
+    demo.echo(exported.summary())
+    _, val_report = evaluate(demo.best_dir, demo.data_root, split="val", progress=False)
+    check = accuracy_check(val_report)
+    demo.echo(format_accuracy_check(check))
+    return check
+
+
+def _predict_and_retrieve(demo: _Demo) -> None:
+    demo.step(5, "predict a few test faces (threshold 0.5), retrieve by attributes")
+    predictor = load_model(demo.best_dir)
+    images = sorted(demo.image_dir.glob("*.jpg"))[-3:]
+    demo.echo(format_predictions(predict(predictor, images, threshold="0.5", progress=False),
+                                 fmt="table"))
+    where = demo.plan["retrieve"]
+    demo.echo(f'\nretrieve --where "{where}" (top 5):')
+    demo.echo(format_retrieval(retrieve(predictor, demo.image_dir, where, top=5,
+                                        progress=False), fmt="table"))
+
+
+def accuracy_check(report: pd.DataFrame) -> dict[str, float]:
     """Validation accuracy at 0.5 of all and of the visible attributes, against always
     answering each attribute's majority class (what a model that learned nothing scores)."""
-    from celebhpo.data import VISIBLE_ATTRIBUTES
-
     rep = report.set_index("attribute")
     majority = rep["positive_rate"].clip(lower=0.0).map(lambda r: max(r, 1.0 - r))
     visible = [a for a in VISIBLE_ATTRIBUTES if a in rep.index]
@@ -120,14 +165,6 @@ def accuracy_check(report) -> dict[str, float]:
         "visible_majority_acc": float(majority[visible].mean()),
         "n_visible": len(visible),
     }
-
-
-def _format_check(c: dict[str, float]) -> str:
-    return (
-        f"validation accuracy at 0.5: all 40 attributes {c['mean_acc']:.3f} "
-        f"(majority-class baseline {c['majority_mean_acc']:.3f}); the {c['n_visible']} visible ones "
-        f"{c['visible_acc']:.3f} (baseline {c['visible_majority_acc']:.3f})"
-    )
 
 
 def _fresh_name(base: str, existing: set[str]) -> str:

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from celebhpo.config import StudyConfig
+    from celebhpo.export import ExportResult
+    from celebhpo.inference import PredictionResult, RetrievalResult
+    from celebhpo.training.loop import FitResult
 
 
 def format_table(df: pd.DataFrame, fmt: str = "table", floatfmt: str = "{:.4g}") -> str:
@@ -40,17 +47,147 @@ def format_inspect(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def to_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)
+# -- training ---------------------------------------------------------------------------------
+def format_training(cfg: StudyConfig, result: FitResult,
+                    skipped: Sequence[tuple[str, str]] = ()) -> str:
+    """`celebhpo train`: the configuration, the epoch table, the best epoch's metrics, the
+    images skipped, the checkpoint."""
+    t = cfg.train
+    lines = [f"{t.arch}  lr={t.lr:g}  dropout={t.dropout:g}  features={t.num_features}  "
+             f"on {result.device}", "epoch  train_loss  val_loss  val_mean_acc  val_map  images/s"]
+    lines += [f"{h['epoch']:>5}  {h['train_loss']:>10.4f}  {h['val_loss']:>8.4f}  "
+              f"{h['val_mean_acc']:>12.4f}  {h['val_map']:>7.4f}  {h['images_per_s']:>8.0f}"
+              for h in result.history]
+    lines += [f"best epoch {result.best_epoch}:", format_metrics(result.best_metrics)]
+    if skipped:
+        lines.append(f"skipped {len(skipped)} unreadable images: "
+                     + ", ".join(n for n, _ in skipped[:5]))
+    if result.checkpoint_path:
+        lines.append(f"checkpoint: {result.checkpoint_path}")
+    return "\n".join(lines)
 
 
-# -- training (owned by the training/data work) -----------------------------------------------
+# -- studies ----------------------------------------------------------------------------------
+def _assignments(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items())
 
 
-# -- studies (owned by the hpo work) ----------------------------------------------------------
+def format_trial_line(number: int, state: str, metric: str, value: float | None,
+                      params: dict[str, Any], attrs: dict[str, Any]) -> str:
+    """A worker's line as a trial ends, e.g.
+    `trial 3 COMPLETE val_loss=0.6931 lr=0.003  2 epochs, 4.1 s`; `attrs` are its user attrs."""
+    if state == "COMPLETE":
+        what = f"{metric}={value:.4f}"
+    elif state == "PRUNED":
+        what = f"at epoch {attrs.get('pruned_at')}"
+    else:
+        what = f"({attrs.get('fail_reason', '')})"
+    return (f"trial {number} {state} {what} {_assignments(params)}  "
+            f"{attrs.get('epochs_run', 0)} epochs, {attrs['duration_s']:.1f} s")
 
 
-# -- inference (owned by the inference/export work) -------------------------------------------
+def format_optimize_summary(s: dict[str, Any]) -> str:
+    """`optimize`'s last lines from its OptimizeSummary's fields: the study's trials by state,
+    why this worker stopped, the best trial."""
+    states = ", ".join(f"{n} {state}" for state, n in s["counts"].items() if n)
+    lines = [f"study '{s['study_name']}': {sum(s['counts'].values())} trials ({states}); "
+             f"this worker ran {len(s['ran'])}; stopped: {s['stopped']}"]
+    if s["best_trial"] is not None:
+        lines.append(f"best: trial {s['best_trial']} {s['metric']}={s['best_value']:.4f} "
+                     f"{_assignments(s['best_params'])}")
+    return "\n".join(lines)
 
 
-# -- export (owned by the inference/export work) ----------------------------------------------
+# -- inference --------------------------------------------------------------------------------
+def format_predictions(result: PredictionResult, fmt: str = "table",
+                       show_all: bool = False) -> str:
+    """table: per image, the attributes present with probabilities (--all: all 40);
+    json: a record per image with every probability; csv: one row per image."""
+    if fmt == "csv":
+        return result.frame.to_csv(index=False, float_format="%.4f").rstrip("\n")
+    present, attrs = result.present, result.attributes
+    if fmt == "json":
+        return json.dumps([
+            {"image": img, "present": [a for a, p in zip(attrs, present[n], strict=True) if p],
+             "probabilities": {a: round(float(v), 6)
+                               for a, v in zip(attrs, result.probs[n], strict=True)}}
+            for n, img in enumerate(result.images)], indent=2)
+    if fmt != "table":
+        raise ValueError(f"unknown format {fmt!r}: use table, json or csv")
+    blocks = [_prediction_block(result, present, n, show_all) for n in range(len(result.images))]
+    return "\n\n".join(blocks or ["(no image could be read)"])
+
+
+def _prediction_block(result: PredictionResult, present: Any, n: int, show_all: bool) -> str:
+    attrs, probs = result.attributes, result.probs[n]
+    width = max((len(a) for a in attrs), default=10)
+    lines = [f"{result.images[n]}  ({int(present[n].sum())} of {len(attrs)} present, "
+             f"{result.threshold_label} thresholds)"]
+    if show_all:
+        lines.append(f"  {'attribute':<{width}}  prob   thresh  present")
+        lines += [f"  {a:<{width}}  {probs[j]:.3f}  {result.thresholds[j]:.3f}   "
+                  f"{'yes' if present[n, j] else ''}" for j, a in enumerate(attrs)]
+        return "\n".join(lines)
+    # most probable first; a stable sort keeps ties in attribute order
+    shown = [j for j in sorted(range(len(attrs)), key=lambda j: -probs[j]) if present[n, j]]
+    lines += [f"  {attrs[j]:<{width}}  {probs[j]:.3f}" for j in shown]
+    return "\n".join(lines if shown else [*lines, "  (no attribute above its threshold)"])
+
+
+def format_evaluation(metrics: dict[str, Any], report: pd.DataFrame) -> str:
+    """Header, the metrics at tuned thresholds and at 0.5 side by side, then the report."""
+    skipped = metrics.get("skipped", [])
+    lines = [f"{metrics['split']} split of {metrics['data_root']}: {metrics['n_images']} images"
+             + (f" ({len(skipped)} unreadable, skipped)" if skipped else "")]
+    width = max(len(k) for k in metrics["tuned"])
+    lines.append(f"{'metric':<{width}}  {'tuned':>7}  {'at 0.5':>7}")
+    lines += [f"{k:<{width}}  {v:>7.4f}  {metrics['at_0.5'].get(k, float('nan')):>7.4f}"
+              for k, v in metrics["tuned"].items()]
+    lines += ["", format_table(report, "table", "{:.3f}")]
+    lines += [f"skipped {name}: {reason}" for name, reason in skipped[:10]]
+    lines += [f"wrote {path}" for path in metrics.get("written", [])]
+    return "\n".join(lines)
+
+
+def format_retrieval(result: RetrievalResult, fmt: str = "table") -> str:
+    if fmt in ("csv", "json"):
+        return format_table(result.frame, fmt)
+    if fmt != "table":
+        raise ValueError(f"unknown format {fmt!r}: use table, json or csv")
+    head = f'{result.n_matches} of {result.n_images} images match "{result.expression}"'
+    if result.n_matches > len(result.frame):
+        head += f" (top {len(result.frame)} shown)"
+    lines = [head]
+    if len(result.frame):
+        lines.append(format_table(result.frame, "table", "{:.3f}"))
+    if result.skipped:
+        lines.append(f"{len(result.skipped)} unreadable images skipped: "
+                     + ", ".join(n for n, _ in result.skipped[:10])
+                     + (" ..." if len(result.skipped) > 10 else ""))
+    return "\n".join(lines)
+
+
+def format_accuracy_check(c: dict[str, float]) -> str:
+    """The demo's line: validation accuracy at 0.5 against the majority-class baseline."""
+    return (
+        f"validation accuracy at 0.5: all 40 attributes {c['mean_acc']:.3f} "
+        f"(majority-class baseline {c['majority_mean_acc']:.3f}); the {c['n_visible']} visible ones "
+        f"{c['visible_acc']:.3f} (baseline {c['visible_majority_acc']:.3f})"
+    )
+
+
+# -- export -----------------------------------------------------------------------------------
+def format_export(r: ExportResult) -> str:
+    """export-best's summary: the trial, its test metrics, the format checks, the files."""
+    tuned = r.test_metrics.get("tuned", {})
+    lines = [f"best trial {r.trial_number} of study '{r.study_name}' "
+             f"({r.metric} = {r.value:.4f}, MLflow run {r.run_id})",
+             f"test split ({r.n_test} images, tuned thresholds): "
+             + ", ".join(f"{k} {tuned[k]:.4f}" for k in ("mean_acc", "balanced_acc", "map",
+                                                         "macro_f1") if k in tuned)]
+    lines += [f"{fmt}: same logits as PyTorch (max |diff| {diff:.1e})"
+              for fmt, diff in r.checks.items()]
+    lines += [f"wrote {p}" for p in r.files]
+    if r.registered:
+        lines.append(f"registered {r.registered}")
+    return "\n".join(lines)

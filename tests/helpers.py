@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 
 from celebhpo.cli import cli
 from celebhpo.data.layouts import ATTRIBUTES
-from celebhpo.hpo.studies import leaderboard, load_study
+from celebhpo.hpo import leaderboard, load_study
 from celebhpo.training.loop import FitResult
 
 

@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 from celebhpo.config import DataConfig, load_study_file
 from celebhpo.data import load_data
 from celebhpo.errors import TrackingError
-from celebhpo.hpo.studies import create_study, load_study, optimize
+from celebhpo.hpo import create_study, load_study, optimize
 from celebhpo.tracking.client import Tracker
 from celebhpo.training.checkpoint import load_checkpoint, save_checkpoint
 from tests.helpers import Relay, free_port, mlflow_runs, write_study

@@ -21,7 +21,9 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from celebhpo._io import atomic_write
 from celebhpo.data.images import CROPS, load_image
 from celebhpo.errors import DataError
 
@@ -110,8 +112,7 @@ def _build(paths: Sequence[str | Path], size: int, crop: str, npy: Path, meta: P
            on_bad: str, workers: int, progress: bool) -> tuple[np.ndarray, list]:
     n = len(paths)
     pid = os.getpid()
-    tmp = npy.with_name(f"{npy.stem}.tmp-{pid}.npy")
-    tmp_meta = meta.with_name(f"{meta.stem}.tmp-{pid}.json")
+    tmp = npy.with_name(f"{npy.stem}.tmp-{pid}.npy")  # workers open it by this name
     str_paths = [str(p) for p in paths]
     bad_idx: dict[int, str] = {}
     try:
@@ -138,18 +139,16 @@ def _build(paths: Sequence[str | Path], size: int, crop: str, npy: Path, meta: P
         if bad_idx:
             _compact(tmp, kept, (size, size, 3))
         bad_sorted = sorted(bad_idx.items())
-        tmp_meta.write_text(json.dumps({
+        # sidecar first: a .json without its .npy is ignored; an .npy is never without its .json
+        atomic_write(meta, json.dumps({
             "key": key, "size": size, "crop": crop, "n_paths": n, "kept": kept.tolist(),
             "bad": [[Path(str_paths[i]).name, r] for i, r in bad_sorted],
             "bad_paths": [str_paths[i] for i, _ in bad_sorted],
-        }), encoding="utf-8")
-        # sidecar first: a .json without its .npy is ignored; an .npy is never without its .json
-        os.replace(tmp_meta, meta)
+        }))
         os.replace(tmp, npy)
     finally:
-        for f in (tmp, tmp_meta):
-            with contextlib.suppress(FileNotFoundError):
-                f.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
     return kept, bad_sorted
 
 
@@ -204,8 +203,9 @@ def _lock(path: Path) -> Iterator[None]:
 
 
 def _remove_temps(cache_dir: Path, stem: str) -> None:
-    """Leftovers of a killed build of this key (we hold its lock, so none is in progress)."""
-    for f in cache_dir.glob(f"{stem}.tmp-*"):
+    """Leftovers of a killed build of this key (we hold its lock, so none is in progress): its
+    array, and a sidecar that atomic_write had not renamed yet (named `.STEM.json.*`)."""
+    for f in [*cache_dir.glob(f"{stem}.tmp-*"), *cache_dir.glob(f".{stem}.json.*")]:
         with contextlib.suppress(FileNotFoundError):
             f.unlink()
 
@@ -230,8 +230,6 @@ def _clean_stale(cache_dir: Path, current: str) -> None:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _bar(total: int, enabled: bool):
-    from tqdm import tqdm
-
+def _bar(total: int, enabled: bool) -> tqdm:
     return tqdm(total=total, desc="decoding images", unit="img", disable=not enabled,
                 dynamic_ncols=True)

@@ -68,7 +68,8 @@ def _top_pairs(corr: np.ndarray, names: list[str], k: int) -> list[dict[str, Any
 
 def _plots(out_dir: Path, rows: list[dict[str, Any]], corr: np.ndarray, names: list[str],
            source: str) -> list[str]:
-    # the object API with an Agg canvas: no pyplot, no global backend switch
+    # the object API with an Agg canvas: no pyplot, no global backend switch. Late: matplotlib
+    # adds ~0.3 s to every import of celebhpo.data, and only an inspect with plots needs it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

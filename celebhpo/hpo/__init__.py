@@ -1,4 +1,5 @@
-"""Optuna: the search space, storages, who owns a trial, studies, results, the worker.
+"""Optuna: the search space, storages, who owns a trial, studies, results, one trial, the
+worker loop and `--devices`.
 
 hpo knows nothing of pixels: a trial is `training.fit` with callbacks. The rest of celebhpo
 uses only the names below.
@@ -6,17 +7,11 @@ uses only the names below.
 
 from __future__ import annotations
 
+from celebhpo.hpo.launch import launch_workers
 from celebhpo.hpo.results import best_trial, leaderboard, metric_name, require_best_trial
 from celebhpo.hpo.storage import DEFAULT_STORAGE, open_storage, parse_storage
-from celebhpo.hpo.studies import (
-    CreateResult,
-    OptimizeSummary,
-    create_study,
-    launch_workers,
-    list_studies,
-    load_study,
-    optimize,
-)
+from celebhpo.hpo.studies import CreateResult, create_study, list_studies, load_study
+from celebhpo.hpo.worker import OptimizeSummary, optimize
 
 __all__ = [
     "DEFAULT_STORAGE", "CreateResult", "OptimizeSummary", "best_trial", "create_study",

@@ -1,23 +1,18 @@
 """Using a trained model: the predictor and its backends, predict, evaluate, retrieve.
 
-The rest of celebhpo uses only the names below.
+The rest of celebhpo uses only the names below; their text views live in celebhpo.report.
 """
 
 from __future__ import annotations
 
+from celebhpo.inference.evaluate import SplitEvaluation, evaluate, evaluate_test_split
 from celebhpo.inference.expr import Expression, parse_expression
-from celebhpo.inference.predictor import (
-    Predictor,
-    evaluate,
-    format_evaluation,
-    format_predictions,
-    format_retrieval,
-    load_model,
-    predict,
-    retrieve,
-)
+from celebhpo.inference.predict import PredictionResult, predict
+from celebhpo.inference.predictor import EXPORT_FILES, Predictor, load_model
+from celebhpo.inference.retrieve import RetrievalResult, retrieve
 
 __all__ = [
-    "Expression", "Predictor", "evaluate", "format_evaluation", "format_predictions",
-    "format_retrieval", "load_model", "parse_expression", "predict", "retrieve",
+    "EXPORT_FILES", "Expression", "PredictionResult", "Predictor", "RetrievalResult",
+    "SplitEvaluation", "evaluate", "evaluate_test_split", "load_model", "parse_expression",
+    "predict", "retrieve",
 ]

@@ -19,13 +19,13 @@ Errors are `ExpressionError`s on one line that quote the expression and say "at 
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 
-import numpy as np
+from celebhpo.errors import ExpressionError, did_you_mean
+from celebhpo.inference.expr_tree import And, Attr, Expression, Node, Not, Or
 
-from celebhpo.errors import ExpressionError
+__all__ = ["MAX_DEPTH", "Expression", "ExpressionParseError", "parse_expression", "tokenize"]
 
 OPERATORS = ("and", "or", "not")
 # Deeper than any expression a person writes; keeps evaluation's recursion far from Python's limit.
@@ -53,82 +53,9 @@ def _shown(expr: str) -> str:
     return re.sub(r"\s", " ", expr)
 
 
-# -- syntax tree ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Attr:
-    index: int  # column in the (N, 40) prediction arrays
-    name: str  # canonical name, e.g. "Wearing_Hat"
-
-
-@dataclass(frozen=True)
-class Not:
-    operand: Node
-
-
-@dataclass(frozen=True)
-class And:
-    operands: tuple[Node, ...]  # flat: "a and b and c" is one node, so chains add no depth
-
-
-@dataclass(frozen=True)
-class Or:
-    operands: tuple[Node, ...]
-
-
-Node = Attr | Not | And | Or
-
-
-@dataclass(frozen=True)
-class Expression:
-    """A parsed expression; `score` and `holds` take (N, 40) arrays in the model's order."""
-
-    source: str
-    root: Node
-    attributes: tuple[str, ...]  # the names it mentions, in order of first use
-
-    def score(self, probs: np.ndarray) -> np.ndarray:
-        """(N, 40) probabilities -> (N,) probability of the expression (independence)."""
-        return _score(self.root, np.asarray(probs, dtype=np.float64))
-
-    def holds(self, present: np.ndarray) -> np.ndarray:
-        """(N, 40) booleans (thresholded predictions) -> (N,) truth of the expression."""
-        return _holds(self.root, np.asarray(present, dtype=bool))
-
-    def __str__(self) -> str:
-        return _render(self.root, parent=None)
-
-
-def _score(node: Node, p: np.ndarray) -> np.ndarray:
-    if isinstance(node, Attr):
-        return p[:, node.index]
-    if isinstance(node, Not):
-        return 1.0 - _score(node.operand, p)
-    parts = [_score(child, p) for child in node.operands]
-    if isinstance(node, And):
-        return np.prod(parts, axis=0)
-    # or: 1 - prod(1 - p) is the n-ary form of pa + pb - pa*pb
-    return 1.0 - np.prod([1.0 - q for q in parts], axis=0)
-
-
-def _holds(node: Node, b: np.ndarray) -> np.ndarray:
-    if isinstance(node, Attr):
-        return b[:, node.index]
-    if isinstance(node, Not):
-        return ~_holds(node.operand, b)
-    parts = [_holds(child, b) for child in node.operands]
-    return np.all(parts, axis=0) if isinstance(node, And) else np.any(parts, axis=0)
-
-
-def _render(node: Node, parent: type | None) -> str:
-    if isinstance(node, Attr):
-        return node.name
-    if isinstance(node, Not):
-        return f"not {_render(node.operand, Not)}"
-    word = " and " if isinstance(node, And) else " or "
-    text = word.join(_render(child, type(node)) for child in node.operands)
-    # parentheses only where precedence needs them: an `or` inside `and`/`not`, an `and` in `not`
-    needs = parent is Not or (parent is And and isinstance(node, Or))
-    return f"({text})" if needs else text
+def _error(expr: str, position: int, text: str) -> ExpressionParseError:
+    """`expression "EXPR": TEXT`, on one line, at `position` (0-based)."""
+    return ExpressionParseError(f'expression "{_shown(expr)}": {text}', expr, position)
 
 
 # -- tokens ----------------------------------------------------------------------------------
@@ -145,13 +72,9 @@ def _name_key(name: str) -> tuple[str, ...]:
     return tuple(w for w in _SPLIT.split(name.lower()) if w)
 
 
-def tokenize(expr: str, attributes: list[str]) -> list[Token]:
-    """Split `expr` into tokens, matching the longest attribute name at each word."""
-    names = {_name_key(a): Attr(i, a) for i, a in enumerate(attributes)}
-    longest = max((len(k) for k in names), default=0)
-
-    # 1. raw lexemes: ( ) and words split into their sub-words, each with its position
-    lexemes: list[tuple[str, int, int]] = []  # (text, start, end); text "(" / ")" / word
+def _lex(expr: str) -> list[tuple[str, int, int]]:
+    """Raw lexemes (text, start, end): "(" / ")" and the sub-words of each word."""
+    lexemes: list[tuple[str, int, int]] = []
     pos = 0
     while pos < len(expr):
         ch = expr[pos]
@@ -165,63 +88,70 @@ def tokenize(expr: str, attributes: list[str]) -> list[Token]:
                 lexemes.append((sub.group(), pos + sub.start(), pos + sub.end()))
             pos = m.end()
         else:
-            raise ExpressionParseError(
-                f'expression "{_shown(expr)}": unexpected character {ch!r} at position {pos + 1}; '
-                "use attribute names with and, or, not and parentheses",
-                expr, pos,
-            )
+            raise _error(expr, pos, f"unexpected character {ch!r} at position {pos + 1}; use "
+                         "attribute names with and, or, not and parentheses")
+    return lexemes
 
-    def match_at(i: int) -> tuple[Attr, int] | None:
-        """The longest attribute name starting at lexeme i, and how many lexemes it spans."""
-        words: list[str] = []
-        for j in range(i, min(i + longest, len(lexemes))):
-            if lexemes[j][0] in "()":
-                break
-            words.append(lexemes[j][0].lower())
-        for n in range(len(words), 0, -1):
-            hit = names.get(tuple(words[:n]))
-            if hit is not None:
-                return hit, n
-        return None
 
-    # 2. group words into attribute names (longest match first), then operators
+def _match_at(lexemes: list[tuple[str, int, int]], i: int,
+              names: dict[tuple[str, ...], Attr]) -> tuple[Attr, int] | None:
+    """The longest attribute name starting at lexeme i, and how many lexemes it spans."""
+    longest = max((len(k) for k in names), default=0)
+    words: list[str] = []
+    for j in range(i, min(i + longest, len(lexemes))):
+        if lexemes[j][0] in "()":
+            break
+        words.append(lexemes[j][0].lower())
+    for n in range(len(words), 0, -1):
+        hit = names.get(tuple(words[:n]))
+        if hit is not None:
+            return hit, n
+    return None
+
+
+def tokenize(expr: str, attributes: list[str]) -> list[Token]:
+    """Split `expr` into tokens, matching the longest attribute name at each word."""
+    names = {_name_key(a): Attr(i, a) for i, a in enumerate(attributes)}
+    lexemes = _lex(expr)
+    # group words into attribute names (longest match first), then operators
     tokens: list[Token] = []
     i = 0
     while i < len(lexemes):
-        text, start, end = lexemes[i]
+        text, start, _ = lexemes[i]
         if text in "()":
             tokens.append(Token(text, text, start))
             i += 1
-            continue
-        hit = match_at(i)
-        if hit is not None:
+        elif hit := _match_at(lexemes, i, names):
             attr, n = hit
             tokens.append(Token("attr", expr[start:lexemes[i + n - 1][2]], start, attr))
             i += n
-            continue
-        if text.lower() in OPERATORS:
+        elif text.lower() in OPERATORS:
             tokens.append(Token(text.lower(), text, start))
             i += 1
-            continue
-        # unknown name: the run of words up to an operator, a parenthesis or a known name
-        j = i + 1
-        while (j < len(lexemes) and lexemes[j][0] not in "()"
-               and lexemes[j][0].lower() not in OPERATORS and match_at(j) is None):
-            j += 1
-        written = expr[start:lexemes[j - 1][2]]
-        raise ExpressionParseError(
-            f'expression "{_shown(expr)}": unknown attribute "{written}" at position {start + 1}; '
-            + _suggest(written, attributes),
-            expr, start,
-        )
+        else:
+            raise _unknown(expr, lexemes, i, names, attributes)
     tokens.append(Token("end", "", len(expr)))
     return tokens
+
+
+def _unknown(expr: str, lexemes: list[tuple[str, int, int]], i: int,
+             names: dict[tuple[str, ...], Attr], attributes: list[str]) -> ExpressionParseError:
+    """The error for an unknown name at lexeme i: the run of words up to an operator, a
+    parenthesis or a known name, with the nearest names suggested."""
+    j = i + 1
+    while (j < len(lexemes) and lexemes[j][0] not in "()"
+           and lexemes[j][0].lower() not in OPERATORS and _match_at(lexemes, j, names) is None):
+        j += 1
+    start = lexemes[i][1]
+    written = _shown(expr[start:lexemes[j - 1][2]])
+    return _error(expr, start, f'unknown attribute "{written}" at position {start + 1}; '
+                  + _suggest(written, attributes))
 
 
 def _suggest(written: str, attributes: list[str]) -> str:
     key = " ".join(_name_key(written))
     by_key = {" ".join(_name_key(a)): a for a in attributes}
-    close = difflib.get_close_matches(key, list(by_key), n=3, cutoff=0.6)
+    close = did_you_mean(key, by_key, n=3, cutoff=0.6)
     if not close:
         # a word of the name may still be right: "hat" -> Wearing_Hat
         words = set(key.split())
@@ -250,11 +180,8 @@ class _Parser:
     def fail(self, expected: str, note: str = "") -> ExpressionParseError:
         tok = self.tok
         found = "the end of the expression" if tok.kind == "end" else f'"{tok.text}"'
-        return ExpressionParseError(
-            f'expression "{_shown(self.expr)}": expected {expected} at position {tok.start + 1}, '
-            f"found {found}{note}",
-            self.expr, tok.start,
-        )
+        return _error(self.expr, tok.start,
+                      f"expected {expected} at position {tok.start + 1}, found {found}{note}")
 
     def parse(self) -> Node:
         if self.tok.kind == "end":
@@ -288,10 +215,8 @@ class _Parser:
         if tok.kind in ("not", "("):
             self.depth += 1
             if self.depth > MAX_DEPTH:
-                raise ExpressionParseError(
-                    f'expression "{_shown(self.expr)}": nested more than {MAX_DEPTH} deep at '
-                    f"position {tok.start + 1}; simplify it", self.expr, tok.start,
-                )
+                raise _error(self.expr, tok.start, f"nested more than {MAX_DEPTH} deep at "
+                             f"position {tok.start + 1}; simplify it")
             self.i += 1
             if tok.kind == "not":
                 node: Node = Not(self.unary())

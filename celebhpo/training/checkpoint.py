@@ -21,11 +21,8 @@ Imports no optuna/mlflow.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -35,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from celebhpo._io import atomic_path
 from celebhpo.errors import CheckpointError
 
 __all__ = ["FORMAT", "REQUIRED_KEYS", "VERSION", "load_checkpoint", "model_from_checkpoint",
@@ -50,29 +48,18 @@ _READ_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSEr
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write `payload` to `path` atomically: a temp file in the same folder, fsync, then
-    os.replace, so a reader never sees half a file. numpy values become lists/numbers and
-    Paths strings, so the file stays loadable with weights_only=True. Returns `path`."""
+    """Write `payload` to `path` atomically and durably (a temp file in the same folder,
+    fsynced, then renamed), so a reader never sees half a file. numpy values become
+    lists/numbers and Paths strings, so the file stays loadable with weights_only=True.
+    Returns `path`."""
     path = Path(path)
     payload = dict(payload)
     payload.setdefault("format", FORMAT)
     payload.setdefault("version", VERSION)
     clean = _plain(payload, "payload")
     _validate(clean, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(clean, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
+    with atomic_path(path, durable=True) as tmp:
+        torch.save(clean, tmp)
     return path
 
 
@@ -108,7 +95,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
     """The checkpoint's model, weights loaded, in eval mode, on the CPU."""
-    from celebhpo.training.models import create_model  # late: torchvision import is heavy
+    # late: torchvision adds ~1 s to the import (torch._dynamo), and load_checkpoint's users
+    # with a TorchScript or ONNX model never build one
+    from celebhpo.training.models import create_model
 
     train = (payload.get("config") or {}).get("train") or {}
     arch = str(payload["arch"])
@@ -193,16 +182,3 @@ def _plain(value: Any, where: str) -> Any:
     raise CheckpointError(f"checkpoint value {where} is a {type(value).__name__}; only tensors, "
                           "numbers, strings, lists and dicts can be saved")
 
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

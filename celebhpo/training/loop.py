@@ -1,4 +1,4 @@
-"""Train and evaluate one configuration: `train_one_epoch`, `evaluate`, `fit`.
+"""Train and evaluate one configuration: `fit`, over `train_one_epoch` and `evaluate`.
 
 No Optuna and no MLflow in here: a study plugs in through `Callback.on_epoch_end` (report the
 epoch, raise TrialPruned) and a tracker through the same hook. Exceptions raised by a callback
@@ -9,15 +9,8 @@ Speed without surprises:
   ops on the device);
 - on CUDA: bf16 autocast (`[train] amp`), channels_last (`[train] channels_last`), fused Adam,
   optional `torch.compile` (`[train] compile`);
-- no host synchronisation inside the batch loop: the loss sum, and the index of the first
-  non-finite batch, accumulate on the device and are read once per epoch. A NaN/inf loss is
-  therefore detected at the end of the epoch it happened in (the rest of that epoch's steps
-  are wasted, never reported) and raises TrainingError naming epoch, batch and lr;
-- evaluation runs in large batches (`eval_batch_size`), without flips, under inference_mode.
-
-The learning-rate schedule steps once per batch: linear warm-up over `warmup_epochs` epochs'
-worth of steps, then constant (`scheduler = "none"`) or cosine decay to 0 over the remaining
-steps (`scheduler = "cosine"`).
+- a NaN/inf loss is found at the end of its epoch (see training.epoch) and raises
+  TrainingError naming epoch, batch and lr.
 
 On the CPU a run is repeatable: same seed, same history (timings aside).
 """
@@ -35,15 +28,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from celebhpo.data import IMAGENET_MEAN, IMAGENET_STD, BatchLoader
 from celebhpo.errors import ConfigError, DataError, TrainingError
+from celebhpo.training import models
+from celebhpo.training.checkpoint import FORMAT, VERSION, save_checkpoint
 from celebhpo.training.devices import resolve_device
+from celebhpo.training.epoch import Callback, EpochStats, EvalOutput, evaluate, train_one_epoch
+from celebhpo.training.metrics import compute_metrics, per_class_report, tune_thresholds
+from celebhpo.training.optim import class_weights, make_loss, make_optimizer, make_scheduler
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from celebhpo.config import StudyConfig
-    from celebhpo.data import BatchLoader, DataBundle
+    from celebhpo.config import StudyConfig, TrainConfig
+    from celebhpo.data import DataBundle
 
+# the loop's parts are imported from here by the rest of celebhpo
 __all__ = [
     "Callback",
     "EpochStats",
@@ -55,42 +55,8 @@ __all__ = [
     "make_loss",
     "make_optimizer",
     "make_scheduler",
-    "summarize",
     "train_one_epoch",
 ]
-
-
-# -- small types -----------------------------------------------------------------------------
-class Callback:
-    """Hooks into `fit`. All no-ops; override what you need.
-
-    `on_epoch_end` may raise to stop the run (e.g. optuna.TrialPruned): fit lets the exception
-    through unchanged. Hooks get plain Python values, never device tensors.
-    """
-
-    def on_fit_start(self, info: dict[str, Any]) -> None:
-        """Once, before the first epoch: device, arch, image counts, batches per epoch..."""
-
-    def on_batch_end(self, epoch: int, batch: int, n_batches: int) -> None:
-        """After each optimizer step (batch counts from 0). Must not sync the device."""
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> None:
-        """After each epoch's validation; `metrics` is that epoch's history row."""
-
-
-@dataclass
-class EpochStats:
-    loss: float  # mean training loss over the epoch's images
-    images: int
-    seconds: float
-    bad_batch: int  # index of the first batch whose loss was NaN/inf; -1 if none
-
-
-@dataclass
-class EvalOutput:
-    loss: float  # mean loss over every image and attribute of the split
-    probs: np.ndarray  # (N, A) sigmoid(logits), float32
-    targets: np.ndarray  # (N, A) 0/1, float32
 
 
 @dataclass
@@ -105,149 +71,32 @@ class FitResult:
     device: str
 
 
-# -- loss, optimizer -----------------------------------------------------------------
-def class_weights(labels: np.ndarray, scheme: str) -> np.ndarray | None:
-    """(A,) loss weights from the train split's (N, A) 0/1 labels.
+@dataclass
+class _Run:
+    """What the setup phase builds for the epochs and the final phase."""
 
-    pos_weight: negatives/positives per attribute (BCE's `pos_weight`: scales positive terms);
-    seed: n / (A * positives), the seed project's per-attribute `weight` (scales both terms);
-    none: None. An attribute with no positive (or, for pos_weight, no negative) in the train
-    split gets 1.0: there is no evidence to re-weight it by.
-    """
-    y = np.asarray(labels, dtype=np.float64)
-    n, n_attr = y.shape
-    pos = (y > 0.5).sum(0)
-    neg = n - pos
-    if scheme == "none":
-        return None
-    if scheme == "pos_weight":
-        ok = (pos > 0) & (neg > 0)
-        return np.where(ok, neg / np.maximum(pos, 1), 1.0)
-    if scheme == "seed":
-        return np.where(pos > 0, n / (n_attr * np.maximum(pos, 1)), 1.0)
-    raise ConfigError(f"[train] class_weighting = {scheme!r}: use pos_weight, seed or none")
+    device: torch.device
+    amp: bool
+    model: nn.Module  # the weights that are kept
+    run_model: nn.Module  # `model`, or its torch.compile wrapper: what runs the batches
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None
+    train_loader: BatchLoader
+    val_loader: BatchLoader
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    info: dict[str, Any]  # what Callback.on_fit_start gets
 
 
-def make_loss(labels: np.ndarray, scheme: str, device: torch.device | str = "cpu"
-              ) -> nn.BCEWithLogitsLoss:
-    """BCEWithLogitsLoss (mean over images and attributes) weighted per `class_weights`."""
-    w = class_weights(labels, scheme)
-    if w is None:
-        return nn.BCEWithLogitsLoss()
-    t = torch.tensor(w, dtype=torch.float32, device=device)  # (A,)
-    if scheme == "pos_weight":
-        return nn.BCEWithLogitsLoss(pos_weight=t)
-    return nn.BCEWithLogitsLoss(weight=t)
+@dataclass
+class _Best:
+    row: dict[str, Any]  # the epoch's history row
+    metrics: dict[str, float]  # compute_metrics at 0.5
+    out: EvalOutput
+    state: dict[str, torch.Tensor]  # a CPU copy of the weights
 
 
-def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
-                   device: torch.device) -> torch.optim.Optimizer:
-    # fused kernels on CUDA: one launch per step instead of one per parameter tensor
-    extra = {"fused": True} if device.type == "cuda" else {}
-    params = [p for p in model.parameters() if p.requires_grad]
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **extra)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **extra)
-    raise ConfigError(f"[train] optimizer = {name!r}: use adam or adamw")
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int,
-                   total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step multiplier: linear warm-up to 1 over `warmup_steps`, then 1 ("none") or a
-    cosine decay to 0 at `total_steps` ("cosine")."""
-    if kind not in ("none", "cosine"):
-        raise ConfigError(f"[train] scheduler = {kind!r}: use none or cosine")
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if kind == "none":
-            return 1.0
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-# -- one epoch -------------------------------------------------------------------------------
-def train_one_epoch(
-    model: nn.Module,
-    loader: BatchLoader,
-    loss_fn: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    *,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    epoch: int = 1,
-    grad_clip: float = 0.0,
-    amp: bool = False,
-    callbacks: Sequence[Callback] = (),
-    max_batches: int | None = None,
-) -> EpochStats:
-    """One pass over `loader` (optimizer and scheduler step per batch). Reads the device once,
-    at the end. `max_batches` stops early (benchmarks). Non-finite losses are counted, not
-    raised: the caller decides (fit raises TrainingError)."""
-    model.train()
-    device = next(model.parameters()).device
-    loss_sum = torch.zeros((), dtype=torch.float32, device=device)  # sum of loss * B
-    bad = torch.full((), -1, dtype=torch.int64, device=device)  # first non-finite batch
-    n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
-    images = 0
-    start = time.perf_counter()
-    for b, (x, y) in enumerate(loader):  # x (B, 3, S, S) float32, y (B, A) on device
-        if b >= n_batches:
-            break
-        # forward (bf16 autocast on CUDA); the loss in fp32
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)  # (B, A)
-        loss = loss_fn(logits.float(), y)
-        # backward + step
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        # bookkeeping on the device: no .item() here
-        detached = loss.detach()
-        loss_sum += detached * x.shape[0]
-        bad = torch.where((bad < 0) & ~torch.isfinite(detached), torch.full_like(bad, b), bad)
-        images += x.shape[0]
-        for cb in callbacks:
-            cb.on_batch_end(epoch, b, n_batches)
-    # the one host sync of the epoch
-    total, first_bad = loss_sum.item(), int(bad.item())
-    return EpochStats(loss=total / max(images, 1), images=images,
-                      seconds=time.perf_counter() - start, bad_batch=first_bad)
-
-
-def evaluate(model: nn.Module, loader: BatchLoader, loss_fn: nn.Module, *,
-             amp: bool = False) -> EvalOutput:
-    """Loss, probabilities and targets of the WHOLE split (no flip: give a loader built with
-    flip=False, shuffle=False). Predictions are `sigmoid(logits)`, per attribute."""
-    model.eval()
-    device = next(model.parameters()).device
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    probs, targets = [], []
-    n = 0
-    with torch.inference_mode():
-        for x, y in loader:  # x (B, 3, S, S), y (B, A)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(x)  # (B, A)
-            logits = logits.float()
-            loss_sum += loss_fn(logits, y).double() * x.shape[0]
-            probs.append(torch.sigmoid(logits))
-            targets.append(y)
-            n += x.shape[0]
-    if n == 0:
-        raise DataError("evaluate: the split has no images")
-    return EvalOutput(loss=float(loss_sum.item()) / n,
-                      probs=torch.cat(probs).cpu().numpy(),
-                      targets=torch.cat(targets).cpu().numpy())
-
-
-# -- fit one configuration -------------------------------------------------------------------
 def fit(cfg: StudyConfig, data: DataBundle, callbacks: Iterable[Callback] = (),
         checkpoint_path: str | Path | None = None) -> FitResult:
     """Train `cfg` on `data.splits["train"]`, validate on `["val"]` every epoch, keep the best
@@ -257,20 +106,37 @@ def fit(cfg: StudyConfig, data: DataBundle, callbacks: Iterable[Callback] = (),
     epoch_seconds, images_per_s (training images per second of the training phase).
     Raises TrainingError on a NaN/inf loss; callback exceptions propagate unchanged.
     """
-    from celebhpo.data import IMAGENET_MEAN, IMAGENET_STD, BatchLoader
-    from celebhpo.training.checkpoint import FORMAT, VERSION, save_checkpoint
-    from celebhpo.training.metrics import compute_metrics, per_class_report, tune_thresholds
-    from celebhpo.training.models import create_model
-
-    tc = cfg.train
     callbacks = list(callbacks)
+    # setup: seeds, device, model, loss, optimizer, loaders
+    run = _setup(cfg, data)
+    for cb in callbacks:
+        cb.on_fit_start(dict(run.info))
+    # the epochs: train, validate, keep the best, report (callbacks may stop the run)
+    history, best, stopped_early = _epochs(cfg.train, run, callbacks)
+    # after training: thresholds and per-class report at the best epoch, then the checkpoint
+    thresholds, report, best_metrics = _tune(cfg.train, data.attributes, best)
+    saved: Path | None = None
+    if checkpoint_path is not None:
+        saved = save_checkpoint(checkpoint_path, {
+            "format": FORMAT, "version": VERSION, "arch": cfg.train.arch,
+            "state_dict": best.state, "config": cfg.to_dict(), "attributes": list(data.attributes),
+            "normalization": {"mean": [float(v) for v in run.mean],
+                              "std": [float(v) for v in run.std]},
+            "thresholds": [float(t) for t in thresholds], "metrics": best_metrics,
+            "epoch": int(best.row["epoch"]),
+            "image_size": int(data.splits["train"].images.shape[1]), "crop": cfg.data.crop,
+        })
+    return FitResult(history=history, best_epoch=int(best.row["epoch"]),
+                     best_metrics=best_metrics, report=report, thresholds=thresholds,
+                     checkpoint_path=saved, stopped_early=stopped_early, device=str(run.device))
+
+
+def _setup(cfg: StudyConfig, data: DataBundle) -> _Run:
+    tc = cfg.train
     for split in ("train", "val"):
         if split not in data.splits or len(data.splits[split].labels) == 0:
             raise DataError(f"{data.root}: fit needs a non-empty {split} split")
     train, val = data.splits["train"], data.splits["val"]
-    attributes = list(data.attributes)
-
-    # setup: seeds, device, model, loss, optimizer, loaders
     torch.manual_seed(tc.seed)  # model init and dropout; the loaders have their own seeds
     np.random.seed(tc.seed % 2**32)
     device = resolve_device(tc.device)
@@ -280,8 +146,9 @@ def fit(cfg: StudyConfig, data: DataBundle, callbacks: Iterable[Callback] = (),
         torch.backends.cudnn.benchmark = True
     amp = bool(tc.amp and on_cuda)
     channels_last = bool(tc.channels_last and on_cuda)
-    model = create_model(tc.arch, num_labels=len(attributes), num_features=tc.num_features,
-                         dropout=tc.dropout, pretrained=tc.pretrained).to(device)
+    model = models.create_model(tc.arch, num_labels=len(data.attributes),
+                                num_features=tc.num_features, dropout=tc.dropout,
+                                pretrained=tc.pretrained).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     run_model: nn.Module = torch.compile(model) if tc.compile else model
@@ -307,33 +174,28 @@ def fit(cfg: StudyConfig, data: DataBundle, callbacks: Iterable[Callback] = (),
             "n_val": val_loader.num_images, "batches_per_epoch": steps, "amp": amp,
             "channels_last": channels_last, "compile": bool(tc.compile),
             "parameters": sum(p.numel() for p in model.parameters())}
-    for cb in callbacks:
-        cb.on_fit_start(dict(info))
+    return _Run(device=device, amp=amp, model=model, run_model=run_model, loss_fn=loss_fn,
+                optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
+                val_loader=val_loader, mean=mean, std=std, info=info)
 
+
+def _epochs(tc: TrainConfig, run: _Run, callbacks: Sequence[Callback]
+            ) -> tuple[list[dict[str, Any]], _Best, bool]:
+    """Run the epochs; returns (history, the best epoch, whether it stopped early)."""
     history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {}
-    stopped_early = False
+    best: _Best | None = None
     for epoch in range(1, tc.epochs + 1):
         started = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]  # the lr of this epoch's first step
+        lr = run.optimizer.param_groups[0]["lr"]  # the lr of this epoch's first step
         # train
-        train_loader.set_epoch(epoch)
-        stats = train_one_epoch(run_model, train_loader, loss_fn, optimizer,
-                                scheduler=scheduler, epoch=epoch, grad_clip=tc.grad_clip,
-                                amp=amp, callbacks=callbacks)
-        if stats.bad_batch >= 0 or not math.isfinite(stats.loss):
-            raise TrainingError(
-                f"training loss became NaN/inf at epoch {epoch}, batch {stats.bad_batch + 1} "
-                f"of {steps} (lr {lr:.3g}, arch {tc.arch}); lower [train] lr, set "
-                "[train] grad_clip (e.g. 1.0) or check the data"
-            )
+        run.train_loader.set_epoch(epoch)
+        stats = train_one_epoch(run.run_model, run.train_loader, run.loss_fn, run.optimizer,
+                                scheduler=run.scheduler, epoch=epoch, grad_clip=tc.grad_clip,
+                                amp=run.amp, callbacks=callbacks)
+        _check_finite(tc, epoch, lr, stats=stats, steps=len(run.train_loader))
         # validate on the whole split
-        out = evaluate(run_model, val_loader, loss_fn, amp=amp)
-        if not math.isfinite(out.loss):
-            raise TrainingError(
-                f"validation loss is NaN/inf after epoch {epoch} (lr {lr:.3g}, arch "
-                f"{tc.arch}); lower [train] lr or set [train] grad_clip"
-            )
+        out = evaluate(run.run_model, run.val_loader, run.loss_fn, amp=run.amp)
+        _check_finite(tc, epoch, lr, out=out)
         m = compute_metrics(out.probs, out.targets)
         row = {"epoch": epoch, "train_loss": stats.loss, "val_loss": out.loss,
                "val_mean_acc": m["mean_acc"], "val_balanced_acc": m["balanced_acc"],
@@ -341,51 +203,48 @@ def fit(cfg: StudyConfig, data: DataBundle, callbacks: Iterable[Callback] = (),
                "images_per_s": stats.images / max(stats.seconds, 1e-9)}
         history.append(row)
         # keep the best epoch's weights (a CPU copy) and validation outputs
-        if not best or out.loss < best["row"]["val_loss"]:
-            best = {"row": row, "metrics": m, "out": out,
-                    "state": {k: v.detach().to("cpu", copy=True)
-                              for k, v in model.state_dict().items()}}
+        if best is None or out.loss < best.row["val_loss"]:
+            best = _Best(row=row, metrics=m, out=out,
+                         state={k: v.detach().to("cpu", copy=True)
+                                for k, v in run.model.state_dict().items()})
         # report: callbacks may raise (pruning); let it through unchanged
         for cb in callbacks:
             cb.on_epoch_end(epoch, dict(row))
         # early stopping on val_loss
-        if tc.patience > 0 and epoch - best["row"]["epoch"] >= tc.patience:
-            stopped_early = epoch < tc.epochs
-            break
+        if tc.patience > 0 and epoch - best.row["epoch"] >= tc.patience:
+            return history, best, epoch < tc.epochs
+    if best is None:  # only a config that skipped validation gets here
+        raise ConfigError(f"[train] epochs = {tc.epochs} must be > 0")
+    return history, best, False
 
-    # after training: thresholds and per-class report at the best epoch, then the checkpoint
-    out = best["out"]
+
+def _check_finite(tc: TrainConfig, epoch: int, lr: float, *, stats: EpochStats | None = None,
+                  steps: int = 0, out: EvalOutput | None = None) -> None:
+    """TrainingError naming the epoch (and batch) when the training or validation loss of
+    `epoch` is NaN/inf."""
+    if stats is not None and (stats.bad_batch >= 0 or not math.isfinite(stats.loss)):
+        raise TrainingError(
+            f"training loss became NaN/inf at epoch {epoch}, batch {stats.bad_batch + 1} "
+            f"of {steps} (lr {lr:.3g}, arch {tc.arch}); lower [train] lr, set "
+            "[train] grad_clip (e.g. 1.0) or check the data"
+        )
+    if out is not None and not math.isfinite(out.loss):
+        raise TrainingError(
+            f"validation loss is NaN/inf after epoch {epoch} (lr {lr:.3g}, arch "
+            f"{tc.arch}); lower [train] lr or set [train] grad_clip"
+        )
+
+
+def _tune(tc: TrainConfig, attributes: Sequence[str], best: _Best
+          ) -> tuple[np.ndarray, pd.DataFrame, dict[str, float]]:
+    """Thresholds tuned on validation at the best epoch, the per-class report at them, and the
+    best epoch's metrics (its history row, its metrics at 0.5, the tuned headline ones)."""
+    out = best.out
     thresholds = tune_thresholds(out.probs, out.targets, metric=tc.threshold_metric)
-    report = per_class_report(out.probs, out.targets, attributes, thresholds)
+    report = per_class_report(out.probs, out.targets, list(attributes), thresholds)
     tuned = compute_metrics(out.probs, out.targets, thresholds=thresholds)
-    best_metrics: dict[str, float] = {k: float(v) for k, v in best["row"].items()}
-    best_metrics.update({f"val_{k}": float(v) for k, v in best["metrics"].items()})
+    best_metrics: dict[str, float] = {k: float(v) for k, v in best.row.items()}
+    best_metrics.update({f"val_{k}": float(v) for k, v in best.metrics.items()})
     best_metrics.update({f"val_tuned_{k}": float(tuned[k])
                          for k in ("mean_acc", "balanced_acc", "micro_f1", "macro_f1")})
-    saved: Path | None = None
-    if checkpoint_path is not None:
-        saved = save_checkpoint(checkpoint_path, {
-            "format": FORMAT, "version": VERSION, "arch": tc.arch, "state_dict": best["state"],
-            "config": cfg.to_dict(), "attributes": attributes,
-            "normalization": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
-            "thresholds": [float(t) for t in thresholds], "metrics": best_metrics,
-            "epoch": int(best["row"]["epoch"]), "image_size": int(train.images.shape[1]),
-            "crop": cfg.data.crop,
-        })
-    return FitResult(history=history, best_epoch=int(best["row"]["epoch"]),
-                     best_metrics=best_metrics, report=report, thresholds=thresholds,
-                     checkpoint_path=saved, stopped_early=stopped_early, device=str(device))
-
-
-def summarize(result: FitResult) -> str:
-    """A few lines for people: the epochs, then the best epoch's headline figures."""
-    lines = ["epoch  train_loss  val_loss  val_mean_acc  val_map  images/s"]
-    for h in result.history:
-        lines.append(f"{h['epoch']:>5}  {h['train_loss']:>10.4f}  {h['val_loss']:>8.4f}  "
-                     f"{h['val_mean_acc']:>12.4f}  {h['val_map']:>7.4f}  "
-                     f"{h['images_per_s']:>8.0f}")
-    b = result.best_metrics
-    lines.append(f"best epoch {result.best_epoch}: val_loss {b['val_loss']:.4f}, mean acc "
-                 f"{b['val_mean_acc']:.4f} (tuned {b['val_tuned_mean_acc']:.4f}), mAP "
-                 f"{b['val_map']:.4f}" + (" (stopped early)" if result.stopped_early else ""))
-    return "\n".join(lines)
+    return thresholds, report, best_metrics

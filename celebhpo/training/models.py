@@ -18,7 +18,6 @@ Imports no optuna/mlflow.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import pickle
@@ -31,7 +30,7 @@ import torch
 import torchvision
 from torch import nn
 
-from celebhpo.errors import ModelError
+from celebhpo.errors import ModelError, did_you_mean
 
 __all__ = ["Head", "TinyNet", "create_model", "is_known_arch", "list_models", "make_head"]
 
@@ -138,7 +137,7 @@ def _builder(name: str) -> Callable[[], nn.Module]:
         return TinyNet
     if not is_known_arch(name):
         known = list_models()
-        close = difflib.get_close_matches(str(name), known + _torchvision_names(), n=1, cutoff=0.5)
+        close = did_you_mean(name, known + _torchvision_names())
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ModelError(
             f"unknown architecture {name!r}{hint} (known: {', '.join(known)}, "

@@ -10,7 +10,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from celebhpo.training.loop import Callback
+from celebhpo.training.epoch import Callback
 
 
 class EpochProgress(Callback):

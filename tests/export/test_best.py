@@ -1,4 +1,4 @@
-"""export.py: format equivalence checks, the model card, choosing the trial, errors."""
+"""export-best: format equivalence checks, the model card, choosing the trial, errors."""
 
 from __future__ import annotations
 
@@ -14,15 +14,10 @@ import torch
 from torch import nn
 
 from celebhpo.errors import CheckpointError, ConfigError, StudyError, TrackingError
-from celebhpo.export.best import (
-    _parse_formats,
-    _publish,
-    best_trial,
-    export_best,
-    export_onnx,
-    export_torchscript,
-    model_card,
-)
+from celebhpo.export.best import _publish, export_best
+from celebhpo.export.card import model_card
+from celebhpo.export.formats import export_onnx, export_torchscript, parse_formats
+from celebhpo.hpo import require_best_trial
 
 SECRET = "postgresql+psycopg2://alice:hunter2@db.example/optuna"
 
@@ -113,10 +108,10 @@ def test_onnx_that_differs_is_not_written(tmp_path):
 
 
 def test_formats():
-    assert _parse_formats(("torchscript", "onnx")) == ["pt", "torchscript", "onnx"]
-    assert _parse_formats(["pt", "ts", "torch"]) == ["pt", "torchscript"]
+    assert parse_formats(("torchscript", "onnx")) == ["pt", "torchscript", "onnx"]
+    assert parse_formats(["pt", "ts", "torch"]) == ["pt", "torchscript"]
     with pytest.raises(ConfigError, match="'tflite' is not one of pt, torchscript, onnx"):
-        _parse_formats(["tflite"])
+        parse_formats(["tflite"])
 
 
 def test_publish_replaces_files_and_drops_stale_formats(tmp_path):
@@ -140,8 +135,9 @@ def test_publish_replaces_files_and_drops_stale_formats(tmp_path):
     assert not build2.exists() and (tmp_path / "fresh" / "model.pt").read_text() == "x"
 
 
-def _study_with(states_values: list[tuple[str, float | None]], direction: str) -> optuna.Study:
-    study = optuna.create_study(direction=direction)
+def _study_with(states_values: list[tuple[str, float | None]], direction: str,
+                name: str | None = None) -> optuna.Study:
+    study = optuna.create_study(direction=direction, study_name=name)
     dist = {"lr": optuna.distributions.FloatDistribution(1e-9, 1.0, log=True)}
     for i, (state, value) in enumerate(states_values):
         trial = optuna.trial.create_trial(
@@ -155,14 +151,15 @@ def _study_with(states_values: list[tuple[str, float | None]], direction: str) -
 def test_best_trial_follows_direction_and_skips_unfinished():
     trials = [("COMPLETE", 0.5), ("PRUNED", None), ("COMPLETE", 0.2), ("FAIL", None),
               ("COMPLETE", 0.9)]
-    assert best_trial(_study_with(trials, "minimize"), "s", "sqlite:///x.db").number == 2
-    assert best_trial(_study_with(trials, "maximize"), "s", "sqlite:///x.db").number == 4
+    assert require_best_trial(_study_with(trials, "minimize"), "sqlite:///x.db").number == 2
+    assert require_best_trial(_study_with(trials, "maximize"), "sqlite:///x.db").number == 4
 
 
 def test_no_completed_trial_is_one_clear_error():
-    study = _study_with([("PRUNED", None), ("FAIL", None), ("PRUNED", None)], "minimize")
+    study = _study_with([("PRUNED", None), ("FAIL", None), ("PRUNED", None)], "minimize",
+                        name="grid")
     with pytest.raises(StudyError) as info:
-        best_trial(study, "grid", SECRET)
+        require_best_trial(study, SECRET)
     message = str(info.value)
     assert message == (
         "study 'grid' in postgresql+psycopg2://alice:***@db.example/optuna has no completed "
@@ -216,7 +213,7 @@ def test_model_card_content_and_masking():
 # -- end to end: a tiny real study, exported ---------------------------------------------------
 def _tiny_study(tmp_path, synth_root, name: str, *, optimize_it: bool = True) -> tuple[str, str]:
     from celebhpo.config import load_study_file
-    from celebhpo.hpo.studies import create_study, optimize
+    from celebhpo.hpo import create_study, optimize
     from tests.helpers import write_study
 
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
@@ -234,7 +231,7 @@ def test_export_best_end_to_end(tmp_path, synth_root):
     from mlflow import MlflowClient
 
     from celebhpo.hpo.studies import load_study
-    from celebhpo.inference.predictor import load_model, predict
+    from celebhpo.inference import load_model, predict
     from celebhpo.training.checkpoint import load_checkpoint
 
     storage, tracking = _tiny_study(tmp_path, synth_root, "e2e")

@@ -13,7 +13,7 @@ import optuna
 from mlflow import MlflowClient
 
 from celebhpo.config import load_study_file
-from celebhpo.hpo.studies import create_study, leaderboard, load_study
+from celebhpo.hpo import create_study, leaderboard, load_study
 from tests.helpers import assert_grid_done_once, logs, start, write_study
 
 TS = optuna.trial.TrialState

@@ -16,15 +16,16 @@ from mlflow import MlflowClient
 
 from celebhpo.config import load_study_file
 from celebhpo.errors import ConfigError, StudyError, TrackingError
-from celebhpo.hpo.storage import open_storage, parse_storage
-from celebhpo.hpo.studies import (
+from celebhpo.hpo import (
     create_study,
+    launch_workers,
     leaderboard,
     list_studies,
     load_study,
+    open_storage,
     optimize,
+    parse_storage,
 )
-from celebhpo.hpo.worker import launch_workers
 from tests.helpers import mlflow_runs, write_study
 
 TS = optuna.trial.TrialState

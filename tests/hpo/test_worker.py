@@ -18,7 +18,7 @@ import optuna
 import pytest
 
 from celebhpo.config import load_study_file
-from celebhpo.hpo.studies import create_study, load_study, optimize
+from celebhpo.hpo import create_study, load_study, optimize
 from tests.helpers import assert_grid_done_once, logs, mlflow_runs, start, write_study
 
 TS = optuna.trial.TrialState

@@ -21,18 +21,10 @@ import torch
 from PIL import Image
 
 from celebhpo.errors import CelebhpoError, CheckpointError, DataError, ExpressionError
-from celebhpo.inference.predictor import (
-    Predictor,
-    contact_sheet,
-    evaluate,
-    format_evaluation,
-    format_predictions,
-    format_retrieval,
-    load_model,
-    predict,
-    predict_folder,
-    retrieve,
-)
+from celebhpo.inference import Predictor, evaluate, load_model, predict, retrieve
+from celebhpo.inference.retrieve import predict_folder
+from celebhpo.inference.sheet import contact_sheet
+from celebhpo.report import format_evaluation, format_predictions, format_retrieval
 
 SIZE = 32
 EPOCHS = 4
@@ -45,7 +37,7 @@ def trained(synth_root, tmp_path_factory):
     from celebhpo.config import StudyConfig
     from celebhpo.data import load_data, read_celeba
     from celebhpo.data.layouts import select_split
-    from celebhpo.export.best import export_onnx, export_torchscript
+    from celebhpo.export.formats import export_onnx, export_torchscript
     from celebhpo.training.checkpoint import load_checkpoint, model_from_checkpoint
     from celebhpo.training.loop import fit
 

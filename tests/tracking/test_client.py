@@ -1,4 +1,4 @@
-"""tracking.py against a real MLflow SQLite store in a temp folder (no mocks)."""
+"""celebhpo.tracking against a real MLflow SQLite store in a temp folder (no mocks)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,20 @@ import pandas as pd
 import pytest
 
 from celebhpo.errors import TrackingError
-from celebhpo.tracking.client import (
+from celebhpo.tracking import (
     Tracker,
+    close_orphan_runs,
+    create_study_run,
+    download_checkpoint,
     f1_by_attribute,
     flatten_config,
+    refresh_parent,
     resolve_tracking_uri,
+    start_trial,
     trial_run_name,
     ui_command,
 )
+from celebhpo.tracking.study import child_runs
 from tests.helpers import ATTRS, CONFIG, make_fit
 
 SECRET_URL = "postgresql+psycopg2://alice:hunter2@db.example:5432/optuna"
@@ -66,8 +72,8 @@ def test_run_names_and_flattening():
 
 
 def test_study_run_created_once(tracker):
-    exp1, parent1 = tracker.create_study_run("once", CONFIG)
-    exp2, parent2 = tracker.create_study_run("once", CONFIG)
+    exp1, parent1 = create_study_run(tracker, "once", CONFIG)
+    exp2, parent2 = create_study_run(tracker, "once", CONFIG)
     assert (exp1, parent1) == (exp2, parent2)
     client = tracker.client
     exp = client.get_experiment(exp1)
@@ -80,19 +86,19 @@ def test_study_run_created_once(tracker):
     assert parent.data.params["data.image_size"] == "32"
     assert parent.info.status == "FINISHED"  # nothing left RUNNING by `study create`
     # a replaced study gets a new parent; the old one is marked superseded
-    _, parent3 = tracker.create_study_run("once", CONFIG, fresh=True)
+    _, parent3 = create_study_run(tracker, "once", CONFIG, fresh=True)
     assert parent3 != parent1
     assert client.get_run(parent1).data.tags["superseded"] == "true"
-    assert tracker.create_study_run("once", CONFIG)[1] == parent3
+    assert create_study_run(tracker, "once", CONFIG)[1] == parent3
 
 
 def test_trial_lifecycle_metrics_artifacts(tracker, tmp_path):
-    exp, parent = tracker.create_study_run("life", CONFIG)
+    exp, parent = create_study_run(tracker, "life", CONFIG)
     client = tracker.client
     fit = make_fit(tmp_path, epochs=3)
 
-    done = tracker.start_trial(exp, parent, 0, {"arch": "tiny", "lr": 1e-3}, CONFIG,
-                               {"study": "life", "device": "cpu"})
+    done = start_trial(tracker, exp, parent, 0, {"arch": "tiny", "lr": 1e-3}, CONFIG,
+                       {"study": "life", "device": "cpu"})
     assert client.get_run(done.run_id).info.status == "RUNNING"
     for h in fit.history:
         done.log_epoch(h["epoch"], h)
@@ -100,10 +106,10 @@ def test_trial_lifecycle_metrics_artifacts(tracker, tmp_path):
     assert out["f1_by_attribute"] == {"Eyeglasses": 0.75, "Male": 0.65, "Smiling": 0.55}
     assert done.end("COMPLETE")
 
-    pruned = tracker.start_trial(exp, parent, 1, {"arch": "tiny", "lr": 1e-2}, CONFIG)
+    pruned = start_trial(tracker, exp, parent, 1, {"arch": "tiny", "lr": 1e-2}, CONFIG)
     pruned.log_epoch(1, fit.history[0])
     pruned.end("PRUNED", pruned_at=1)
-    failed = tracker.start_trial(exp, parent, 2, {"arch": "tiny", "lr": 10.0}, CONFIG)
+    failed = start_trial(tracker, exp, parent, 2, {"arch": "tiny", "lr": 10.0}, CONFIG)
     failed.end("FAIL", reason=f"loss is NaN at epoch 1\nwhile talking to {SECRET_URL}")
 
     run = client.get_run(done.run_id)
@@ -123,7 +129,7 @@ def test_trial_lifecycle_metrics_artifacts(tracker, tmp_path):
     names = {f.path for f in client.list_artifacts(done.run_id)}
     assert names == {"classification_report.csv", "classification_report.json",
                      "thresholds.json", "curves.png", "config.json", "model.pt"}
-    got = tracker.download_checkpoint(done.run_id, tmp_path / "dl")
+    got = download_checkpoint(tracker, done.run_id, tmp_path / "dl")
     assert got.name == "model.pt" and got.read_bytes() == fit.checkpoint_path.read_bytes()
     thr = json.loads(Path(client.download_artifacts(done.run_id, "thresholds.json",
                                                     str(tmp_path / "dl"))).read_text())
@@ -134,7 +140,7 @@ def test_trial_lifecycle_metrics_artifacts(tracker, tmp_path):
     assert run.data.tags["state"] == "PRUNED" and run.data.tags["pruned_at_epoch"] == "1"
     assert len(client.get_metric_history(pruned.run_id, "val_loss")) == 1
     with pytest.raises(TrackingError, match="no model.pt artifact"):
-        tracker.download_checkpoint(pruned.run_id, tmp_path / "dl2")
+        download_checkpoint(tracker, pruned.run_id, tmp_path / "dl2")
 
     run = client.get_run(failed.run_id)
     assert run.info.status == "FAILED"
@@ -143,13 +149,13 @@ def test_trial_lifecycle_metrics_artifacts(tracker, tmp_path):
     assert error.startswith("loss is NaN at epoch 1 while talking to")
     assert "hunter2" not in error and "alice:***@" in error and "\n" not in error
 
-    assert [r.info.run_id for r in tracker.child_runs(parent)] == [
+    assert [r.info.run_id for r in child_runs(tracker, parent)] == [
         done.run_id, pruned.run_id, failed.run_id]
 
 
 def test_checkpoint_not_logged_when_not_asked(tracker, tmp_path):
-    exp, parent = tracker.create_study_run("nockpt", CONFIG)
-    run = tracker.start_trial(exp, parent, 0, {"lr": 1e-3}, CONFIG)
+    exp, parent = create_study_run(tracker, "nockpt", CONFIG)
+    run = start_trial(tracker, exp, parent, 0, {"lr": 1e-3}, CONFIG)
     run.log_result(make_fit(tmp_path), CONFIG, log_checkpoint=False)
     run.end("COMPLETE")
     assert "model.pt" not in {f.path for f in tracker.client.list_artifacts(run.run_id)}
@@ -157,9 +163,9 @@ def test_checkpoint_not_logged_when_not_asked(tracker, tmp_path):
 
 def test_passwords_never_reach_params_or_tags(tracker):
     config = {**CONFIG, "data": {**CONFIG["data"], "root": f"{SECRET_URL}/images"}}
-    exp, parent = tracker.create_study_run("secret", config)
-    run = tracker.start_trial(exp, parent, 0, {"lr": 1e-3}, config,
-                              {"storage": SECRET_URL, "device": "cpu"})
+    exp, parent = create_study_run(tracker, "secret", config)
+    run = start_trial(tracker, exp, parent, 0, {"lr": 1e-3}, config,
+                      {"storage": SECRET_URL, "device": "cpu"})
     run.end("FAIL", reason=f"could not reach {SECRET_URL}")
     for run_id in (parent, run.run_id):
         data = tracker.client.get_run(run_id).data
@@ -171,8 +177,8 @@ def test_passwords_never_reach_params_or_tags(tracker):
 
 
 def test_end_rejects_unknown_state_and_is_idempotent(tracker):
-    exp, parent = tracker.create_study_run("states", CONFIG)
-    run = tracker.start_trial(exp, parent, 0, {"lr": 1e-3}, CONFIG)
+    exp, parent = create_study_run(tracker, "states", CONFIG)
+    run = start_trial(tracker, exp, parent, 0, {"lr": 1e-3}, CONFIG)
     with pytest.raises(TrackingError, match="not one of COMPLETE, PRUNED, FAIL"):
         run.end("DONE")
     assert run.end("FAIL", reason="first")
@@ -181,24 +187,24 @@ def test_end_rejects_unknown_state_and_is_idempotent(tracker):
 
 
 def test_close_orphan_runs(tracker):
-    exp, parent = tracker.create_study_run("orphans", CONFIG)
-    runs = [tracker.start_trial(exp, parent, n, {"lr": 1e-3}, CONFIG) for n in range(4)]
+    exp, parent = create_study_run(tracker, "orphans", CONFIG)
+    runs = [start_trial(tracker, exp, parent, n, {"lr": 1e-3}, CONFIG) for n in range(4)]
     runs[3].end("COMPLETE")
     # trial 0 died with its worker (Optuna: FAIL), 1 finished but its run was not closed,
     # 2 is still running on another worker
-    closed = tracker.close_orphan_runs(parent, {0: "FAIL", 1: "COMPLETE", 2: "RUNNING",
-                                                3: "COMPLETE"})
+    closed = close_orphan_runs(tracker, parent, {0: "FAIL", 1: "COMPLETE", 2: "RUNNING",
+                                                 3: "COMPLETE"})
     assert sorted(closed) == sorted([runs[0].run_id, runs[1].run_id])
     status = {n: tracker.client.get_run(r.run_id) for n, r in enumerate(runs)}
     assert status[0].info.status == "FAILED"
     assert "worker stopped" in status[0].data.tags["error"]
     assert status[1].info.status == "FINISHED"
     assert status[2].info.status == "RUNNING"
-    assert tracker.close_orphan_runs(parent, {0: "FAIL", 1: "COMPLETE"}) == []
+    assert close_orphan_runs(tracker, parent, {0: "FAIL", 1: "COMPLETE"}) == []
 
 
 def test_refresh_parent_logs_summaries(tracker, tmp_path):
-    exp, parent = tracker.create_study_run("summary", CONFIG)
+    exp, parent = create_study_run(tracker, "summary", CONFIG)
     study = optuna.create_study(direction="minimize")
     for i, (lr, p) in enumerate([(1e-3, 0.1), (1e-2, 0.3), (1e-1, 0.5)]):
         trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1, log=True),
@@ -208,7 +214,7 @@ def test_refresh_parent_logs_summaries(tracker, tmp_path):
         study.tell(trial, 0.5 + i)
         del lr, p
     board = pd.DataFrame({"trial": [0, 1, 2], "value": [0.5, 1.5, 2.5]})
-    written = tracker.refresh_parent(parent, study, board)
+    written = refresh_parent(tracker, parent, study, board)
     assert {"leaderboard.csv", "f1_by_attribute.png", "optimization_history.html",
             "param_importances.html", "parallel_coordinate.html",
             "intermediate_values.html"} <= set(written)
@@ -225,19 +231,19 @@ def test_refresh_parent_logs_summaries(tracker, tmp_path):
 
 def test_refresh_parent_never_fails_on_plots(tracker, caplog):
     """One trial, no F1 attr, a malformed attr: summaries that cannot be drawn are skipped."""
-    exp, parent = tracker.create_study_run("sparse", CONFIG)
+    exp, parent = create_study_run(tracker, "sparse", CONFIG)
     study = optuna.create_study()
     study.enqueue_trial({})
     trial = study.ask()
     trial.set_user_attr("f1_by_attribute", [0.1, 0.2])  # wrong length: the heatmap is skipped
     study.tell(trial, 1.0)
-    written = tracker.refresh_parent(parent, study)
+    written = refresh_parent(tracker, parent, study)
     assert "leaderboard.csv" in written
     assert "f1_by_attribute.png" not in written
     assert "param_importances.html" not in written
     assert "skipped f1_by_attribute.png" in caplog.text
     # a study without any finished trial refreshes too
-    assert tracker.refresh_parent(parent, optuna.create_study()) == ["leaderboard.csv"]
+    assert refresh_parent(tracker, parent, optuna.create_study()) == ["leaderboard.csv"]
 
 
 def test_f1_by_attribute_prefers_tuned_column(tmp_path):

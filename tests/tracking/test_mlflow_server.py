@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from celebhpo.errors import TrackingError
-from celebhpo.tracking.client import Tracker
+from celebhpo.tracking import Tracker, create_study_run, download_checkpoint, start_trial
 from tests.helpers import CONFIG, Relay, make_fit
 
 
@@ -35,8 +35,8 @@ def test_study_through_a_tracking_server(tracking_server, tmp_path):
     base = tracking_server
     tracker = Tracker(base, retries=1, backoff=0.1)
     tracker.check()
-    exp, parent = tracker.create_study_run("served", CONFIG)
-    assert tracker.create_study_run("served", CONFIG) == (exp, parent)
+    exp, parent = create_study_run(tracker, "served", CONFIG)
+    assert create_study_run(tracker, "served", CONFIG) == (exp, parent)
 
     # (trial number, epochs run, end state)
     plan = [(0, 3, "COMPLETE"), (1, 1, "PRUNED"), (2, 2, "COMPLETE"), (3, 0, "FAIL")]
@@ -44,8 +44,8 @@ def test_study_through_a_tracking_server(tracking_server, tmp_path):
     for number, epochs, state in plan:
         (tmp_path / str(number)).mkdir()
         fit = make_fit(tmp_path / str(number), epochs=max(epochs, 1))
-        run = tracker.start_trial(exp, parent, number, {"arch": "tiny", "lr": 10.0 ** -number},
-                                  CONFIG, {"study": "served", "device": "cpu"})
+        run = start_trial(tracker, exp, parent, number, {"arch": "tiny", "lr": 10.0 ** -number},
+                          CONFIG, {"study": "served", "device": "cpu"})
         for h in fit.history[:epochs]:
             run.log_epoch(h["epoch"], h)
         if state == "COMPLETE":
@@ -82,10 +82,10 @@ def test_study_through_a_tracking_server(tracking_server, tmp_path):
     assert tags_of(by_id[runs[3]])["error"] == "loss is NaN"
 
     # the checkpoint comes back through the server's artifact proxy
-    got = tracker.download_checkpoint(runs[0], tmp_path / "dl")
+    got = download_checkpoint(tracker, runs[0], tmp_path / "dl")
     assert got.read_bytes() == (tmp_path / "0" / "best.pt").read_bytes()
     with pytest.raises(TrackingError, match="no model.pt"):
-        tracker.download_checkpoint(runs[2], tmp_path / "dl2")
+        download_checkpoint(tracker, runs[2], tmp_path / "dl2")
 
 
 def tags_of(run: dict) -> dict[str, str]:
@@ -96,8 +96,8 @@ def test_server_gone_mid_study_is_a_tracking_error(tracking_server, tmp_path, mo
     relay = Relay(tracking_server).start()  # the server as this client sees it
     base = relay.url
     tracker = Tracker(base, retries=1, backoff=0.1)
-    exp, parent = tracker.create_study_run("gone", CONFIG)
-    run = tracker.start_trial(exp, parent, 0, {"lr": 1e-3}, CONFIG)
+    exp, parent = create_study_run(tracker, "gone", CONFIG)
+    run = start_trial(tracker, exp, parent, 0, {"lr": 1e-3}, CONFIG)
     run.log_epoch(1, make_fit(tmp_path).history[0])
     relay.stop()  # the server goes away: connections refused, open ones cut
     # MLflow's own HTTP retries would take minutes; ours (retries=1) are what this tests

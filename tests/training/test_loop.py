@@ -23,6 +23,7 @@ from celebhpo.data import (
     normalize,
 )
 from celebhpo.errors import ConfigError, TrainingError
+from celebhpo.report import format_training
 from celebhpo.training.checkpoint import load_checkpoint, model_from_checkpoint
 from celebhpo.training.devices import resolve_device
 from celebhpo.training.loop import (
@@ -33,7 +34,6 @@ from celebhpo.training.loop import (
     make_loss,
     make_optimizer,
     make_scheduler,
-    summarize,
 )
 from celebhpo.training.metrics import compute_metrics, per_class_report
 
@@ -201,7 +201,7 @@ def test_fit_history_callbacks_checkpoint_round_trip(tmp_path):
     assert out.loss == pytest.approx(result.best_metrics["val_loss"], rel=1e-5)
     report = per_class_report(out.probs, out.targets, data.attributes, result.thresholds)
     assert np.allclose(report["f1_tuned"], result.report["f1_tuned"])
-    assert "best epoch" in summarize(result)
+    assert "best epoch" in format_training(cfg, result)
 
 
 def test_a_cpu_run_is_repeatable(tmp_path):

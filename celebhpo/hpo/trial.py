@@ -1,0 +1,156 @@
+"""Run ONE trial, as a plain function (STYLE 16, like Optuna's `study/_optimize.py::_run_trial`):
+suggest its params, run the objective inside the heartbeat, `tell` Optuna once, then end its
+MLflow run, print its line and refresh the study's parent run; re-raise unless the error is
+the configuration's own fault (TRIAL_ERRORS).
+
+MLflow is reached through `celebhpo.tracking`'s functions: the trial's child run is started
+before training (its id is a user attr, epochs are logged live) and ended after `tell`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from celebhpo.config import StudyConfig
+from celebhpo.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    ModelError,
+    TrackingError,
+    TrainingError,
+    mask_url,
+)
+from celebhpo.hpo.liveness import heartbeat, requeue_finished, worker_identity
+from celebhpo.hpo.results import leaderboard
+from celebhpo.hpo.space import suggest_params
+from celebhpo.report import format_trial_line
+from celebhpo.tracking import Tracker, TrialRun, refresh_parent, start_trial
+
+__all__ = ["SETUP_ERRORS", "TRIAL_ERRORS", "TrialContext", "run_trial"]
+
+# The configuration's own fault (it diverged): the trial FAILs, counts, the study goes on.
+TRIAL_ERRORS = (TrainingError,)
+# Not the configuration's fault, and every trial would hit it (no data, no weights, the
+# tracking store down after its retries): the trial FAILs, is re-queued, the worker stops.
+SETUP_ERRORS = (DataError, ConfigError, CheckpointError, ModelError, TrackingError)
+
+
+@dataclass
+class TrialContext:
+    """What running a study's trials needs, made once per `optimize` call."""
+
+    study: optuna.Study
+    cfg: StudyConfig
+    attrs: dict[str, Any]  # the study's user attrs (experiment_id, parent_run_id, grid...)
+    tracker: Tracker
+    echo: Callable[[str], None]  # one line for people, with the worker's label
+    device: str | None = None
+    progress: bool = True
+    data_cache: dict[str, Any] = field(default_factory=dict)  # data config -> DataBundle
+
+
+@dataclass
+class _Outcome:
+    """How the attempt ended, as `tell` and the MLflow run need it."""
+
+    state: TrialState = TrialState.FAIL
+    value: float | None = None
+    reason: str = ""
+    error: BaseException | None = None  # raised again once the trial is told
+    requeue: bool = False
+    logged: dict[str, Any] = field(default_factory=dict)
+    run: TrialRun | None = None
+
+
+def run_trial(ctx: TrialContext, trial: optuna.Trial) -> int:
+    """Train the trial's configuration, report each epoch (pruning), log to MLflow, tell
+    Optuna. Returns the trial number. Trial errors fail the trial and the loop goes on;
+    an interrupt or a setup error fails and re-queues it, then propagates."""
+    # late: the objective imports torch (training, data), 1.4-1.9 s measured, which
+    # `celebhpo study list/show/create` would pay for nothing (they import celebhpo.hpo)
+    from celebhpo.hpo.objective import TrialReporter, train
+
+    started = time.perf_counter()
+    for key, value in worker_identity().items():
+        trial.set_user_attr(key, value)
+    params = suggest_params(trial, ctx.cfg.space)
+    tcfg = ctx.cfg.with_params(params)
+    if ctx.device:
+        tcfg.train.device = ctx.device
+    trial.set_user_attr("device", tcfg.train.device)
+    reporter = TrialReporter(trial, ctx.cfg.study.metric)
+
+    def objective(run: TrialRun) -> tuple[float, dict[str, Any]]:
+        return train(tcfg, run, reporter, ctx.data_cache, progress=ctx.progress,
+                     keep_all=ctx.cfg.study.checkpoints == "all")
+
+    with heartbeat(ctx.study, trial):
+        out = _attempt(ctx, trial, params, tcfg, objective)
+        summary = {**reporter.summary(), **out.logged,
+                   "duration_s": round(time.perf_counter() - started, 3)}
+        _tell(ctx.study, trial, out, summary)
+    if out.requeue:
+        requeue_finished(ctx.study, trial)
+    if out.run is not None:
+        out.run.end(out.state.name, reason=out.reason or None, pruned_at=reporter.pruned_at)
+    ctx.echo(format_trial_line(trial.number, out.state.name, ctx.cfg.study.metric, out.value,
+                               params, summary))
+    _refresh_parent(ctx)
+    if out.error is not None:
+        raise out.error
+    return trial.number
+
+
+def _attempt(ctx: TrialContext, trial: optuna.Trial, params: dict[str, Any], tcfg: StudyConfig,
+             objective: Callable[[TrialRun], tuple[float, dict[str, Any]]]) -> _Outcome:
+    """Start the trial's MLflow run and run the objective in it; what either raises becomes
+    the outcome."""
+    out = _Outcome()
+    try:
+        out.run = start_trial(
+            ctx.tracker, ctx.attrs["experiment_id"], ctx.attrs["parent_run_id"], trial.number,
+            params, tcfg.to_dict(),
+            tags={"study": ctx.study.study_name, "device": tcfg.train.device})
+        trial.set_user_attr("mlflow_run_id", out.run.run_id)
+        out.value, out.logged = objective(out.run)
+        out.state = TrialState.COMPLETE
+    except optuna.TrialPruned as e:
+        out.state, out.reason = TrialState.PRUNED, str(e)
+    except TRIAL_ERRORS as e:
+        out.reason = str(e)
+    except SETUP_ERRORS as e:
+        out.reason, out.error, out.requeue = str(e), e, True
+    except KeyboardInterrupt as e:
+        out.reason, out.error, out.requeue = "interrupted (Ctrl-C/SIGTERM)", e, True
+    except Exception as e:
+        out.reason, out.error = f"{type(e).__name__}: {e}", e
+    return out
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, out: _Outcome, summary: dict[str, Any]
+          ) -> None:
+    """Store the trial's user attrs (`summary`, plus the masked reason of a failure), then
+    tell Optuna how it ended."""
+    if out.state == TrialState.FAIL:
+        summary["fail_reason"] = mask_url(out.reason)
+    for key, val in summary.items():
+        trial.set_user_attr(key, val)
+    if out.state == TrialState.COMPLETE:
+        study.tell(trial, out.value)
+    else:
+        study.tell(trial, state=out.state)
+
+
+def _refresh_parent(ctx: TrialContext) -> None:
+    try:
+        refresh_parent(ctx.tracker, ctx.attrs["parent_run_id"], ctx.study,
+                       leaderboard(ctx.study))
+    except TrackingError as e:  # a summary never fails the study
+        ctx.echo(f"warning: parent run summary not refreshed: {e}")

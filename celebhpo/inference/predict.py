@@ -1,0 +1,146 @@
+"""Predicting images: files or folders in, per-attribute probabilities and thresholds out.
+
+`predict_paths` is the one batched loop over image files; evaluate and retrieve use it too.
+Unreadable images are skipped and named with the reason, never fatal one by one.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from celebhpo.data import load_image
+from celebhpo.errors import CelebhpoError, DataError
+from celebhpo.inference.predictor import Predictor
+
+__all__ = ["IMAGE_SUFFIXES", "PredictionResult", "list_images", "predict", "predict_paths",
+           "resolve_thresholds"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+@dataclass
+class PredictionResult:
+    images: list[str]  # paths of the images predicted, in order
+    probs: np.ndarray  # (N, 40) float32
+    thresholds: np.ndarray  # (40,) the thresholds `present` uses
+    threshold_label: str  # "tuned", "0.5", "0.3"...
+    attributes: list[str]
+    skipped: list[tuple[str, str]]  # (name, reason) of images that could not be read
+
+    @property
+    def present(self) -> np.ndarray:
+        """(N, 40) bool: probability above the attribute's threshold (metrics.predict's rule)."""
+        return self.probs > self.thresholds[None, :]
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """image, present (';'-joined names), then one probability column per attribute."""
+        present = self.present
+        df = pd.DataFrame(self.probs, columns=self.attributes)
+        df.insert(0, "present", [";".join(a for a, p in zip(self.attributes, row, strict=True)
+                                          if p) for row in present])
+        df.insert(0, "image", self.images)
+        return df
+
+
+def resolve_thresholds(predictor: Predictor, threshold: str | float) -> tuple[np.ndarray, str]:
+    """"tuned" -> the checkpoint's per-attribute thresholds; "0.5" / 0.3 -> that for all."""
+    if isinstance(threshold, str) and threshold.strip().lower() == "tuned":
+        return predictor.thresholds.copy(), "tuned"
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0.0 < value < 1.0:
+        raise CelebhpoError(
+            f"threshold {threshold!r} is not valid: use tuned, 0.5, or a number between 0 and 1"
+        )
+    return np.full(len(predictor.attributes), value), f"{value:g}"
+
+
+def list_images(folder: Path) -> list[Path]:
+    """The image files directly in `folder`, sorted by name (hidden files are skipped)."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                  and p.is_file())
+
+
+def _expand(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    paths: list[Path] = []
+    missing: list[tuple[str, str]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths.extend(list_images(p))
+        elif p.exists():
+            paths.append(p)
+        else:
+            missing.append((str(p), "no such file"))
+    return paths, missing
+
+
+def _read(path: Path, predictor: Predictor) -> np.ndarray | str:
+    """The image as the model sees it, (S, S, 3) uint8, or why it cannot be read."""
+    try:
+        return load_image(path, predictor.image_size, predictor.crop)
+    except (CelebhpoError, OSError, ValueError, SyntaxError) as e:  # PIL raises all of these
+        reason = str(e).replace("\n", " ") or type(e).__name__
+        return reason.removeprefix(f"{path}: ")  # the caller names the file
+
+
+def predict_paths(predictor: Predictor, paths: Sequence[Path], batch_size: int,
+                  progress: bool, desc: str = "predict",
+                  ) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
+    """Predict `paths` in batches -> (indices kept, (N_kept, 40) probs, [(index, reason)])."""
+    if batch_size < 1:
+        raise CelebhpoError(f"batch_size must be at least 1, got {batch_size}")
+    kept: list[int] = []
+    bad: list[tuple[int, str]] = []
+    chunks: list[np.ndarray] = []
+    # a bar only when there is something to wait for
+    bar = tqdm(total=len(paths), desc=desc, unit="img", file=sys.stderr, leave=False,
+               disable=not progress or len(paths) <= batch_size, dynamic_ncols=True)
+    with bar:
+        for start in range(0, len(paths), batch_size):
+            images: list[np.ndarray] = []
+            for i in range(start, min(start + batch_size, len(paths))):
+                got = _read(paths[i], predictor)
+                if isinstance(got, str):
+                    bad.append((i, got))
+                else:
+                    kept.append(i)
+                    images.append(got)
+            if images:
+                chunks.append(predictor.predict_uint8(np.stack(images)))  # (b, 40)
+            bar.update(min(batch_size, len(paths) - start))
+    n_attr = len(predictor.attributes)
+    probs = np.concatenate(chunks) if chunks else np.zeros((0, n_attr), dtype=np.float32)
+    return kept, probs.astype(np.float32), bad
+
+
+def predict(predictor: Predictor, inputs: Sequence[str | Path], threshold: str | float = "tuned",
+            batch_size: int = 64, progress: bool = True) -> PredictionResult:
+    """Predict every image in `inputs` (files, or folders of images).
+
+    Unreadable images are skipped and listed in `.skipped` by name with the reason.
+    """
+    thresholds, label = resolve_thresholds(predictor, threshold)
+    paths, skipped = _expand(inputs)
+    if not paths and not skipped:
+        raise DataError(
+            "no images in " + ", ".join(str(p) for p in inputs)
+            + f" (looked for {', '.join(IMAGE_SUFFIXES)})"
+        )
+    kept, probs, bad = predict_paths(predictor, paths, batch_size, progress)
+    skipped += [(str(paths[i]), reason) for i, reason in bad]
+    return PredictionResult(images=[str(paths[i]) for i in kept], probs=probs,
+                            thresholds=thresholds, threshold_label=label,
+                            attributes=list(predictor.attributes), skipped=skipped)

@@ -1,0 +1,233 @@
+"""One trial's child run: its name, params and tags, per-epoch metrics, report and checkpoint.
+
+A run is RUNNING from `start_trial` until `TrialRun.end` maps the Optuna state onto an MLflow
+status: COMPLETE -> FINISHED, PRUNED -> KILLED (tag state=PRUNED), FAIL -> FAILED (tag error).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow.entities import Metric, Param, RunTag
+
+from celebhpo.errors import TrackingError, mask_url
+from celebhpo.tracking import plots
+from celebhpo.tracking.client import Tracker, one_line
+
+__all__ = ["RUN_STATUS", "TrialRun", "f1_by_attribute", "flatten_config", "start_trial",
+           "trial_run_name"]
+
+log = logging.getLogger(__name__)
+
+# Optuna state -> MLflow run status
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+_PARAM_CHARS = 6000  # MLflow's limit on a param value
+
+
+# -- naming and flattening -----------------------------------------------------------------
+_SHORT = {"lr": "lr", "dropout": "p", "num_features": "f", "weight_decay": "wd",
+          "batch_size": "bs", "optimizer": "opt", "scheduler": "sched", "epochs": "ep"}
+_ORDER = ["lr", "dropout", "num_features"]
+
+
+def _compact(value: Any) -> str:
+    """1e-3, 0.3, 512, resnet50: short enough for a run name, exact enough to tell apart."""
+    if isinstance(value, bool) or not isinstance(value, float):
+        return str(value)
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    if abs(value) < 1e-2 or abs(value) >= 1e5:
+        mantissa, exp = f"{value:.2e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
+    return f"{value:.3g}"
+
+
+def trial_run_name(trial_number: int, params: dict[str, Any]) -> str:
+    """`t007 resnet50 lr=1e-3 p=0.3 f=512`: arch first, then lr, dropout, num_features, the
+    rest of the searched params in name order."""
+    parts = [f"t{trial_number:03d}"]
+    if "arch" in params:
+        parts.append(str(params["arch"]))
+    rest = sorted(k for k in params if k != "arch" and k not in _ORDER)
+    for key in [k for k in _ORDER if k in params] + rest:
+        parts.append(f"{_SHORT.get(key, key)}={_compact(params[key])}")
+    return " ".join(parts)
+
+
+def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """`{"data": {"image_size": 64}}` -> `{"data.image_size": "64"}`, values as MLflow
+    param strings with any URL password masked. Lists and the search space are JSON."""
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and name != "space" and value:
+            out.update(flatten_config(value, f"{name}."))
+            continue
+        if isinstance(value, dict | list):
+            text = json.dumps(value, sort_keys=True, default=str)
+        else:
+            text = str(value)
+        out[name] = mask_url(text)[:_PARAM_CHARS]
+    return out
+
+
+def f1_by_attribute(report: pd.DataFrame) -> dict[str, float | None]:
+    """Per-attribute F1 at the tuned thresholds (`f1_tuned`; `f1`, at 0.5, when the report has
+    no tuned column), from a `training.metrics.per_class_report`. The objective stores this as
+    the trial user attr `f1_by_attribute`, which the parent run's heatmap reads without
+    downloading any artifact."""
+    col = next((c for c in ("f1_tuned", "f1") if c in report.columns), None)
+    if col is None:
+        raise TrackingError("classification report has no F1 column; cannot build the heatmap")
+    # None, not NaN, where F1 is undefined: Optuna stores user attrs as JSON, and strict
+    # JSON readers (optuna-dashboard in a browser) reject NaN
+    return {str(a): float(v) if math.isfinite(float(v)) else None
+            for a, v in zip(report["attribute"], report[col], strict=True)}
+
+
+# -- the run ----------------------------------------------------------------------------------
+def start_trial(tracker: Tracker, experiment_id: str, parent_run_id: str, trial_number: int,
+                params: dict[str, Any], config: dict[str, Any],
+                tags: dict[str, Any] | None = None) -> TrialRun:
+    """A RUNNING child run for one trial. `params` are the trial's searched values (they
+    make the name); `config` is its resolved config (logged flattened); `tags` adds to
+    study/trial_number/state/host (e.g. {"study": name, "device": "cuda:0"})."""
+    all_tags = {
+        "mlflow.parentRunId": parent_run_id,
+        "role": "trial",
+        "trial_number": str(trial_number),
+        "state": "RUNNING",
+        "host": socket.gethostname(),
+        "searched": ",".join(params),
+    }
+    for key, value in (tags or {}).items():
+        all_tags[key] = one_line(str(value), 5000)
+    run = tracker._call(
+        "create run", tracker.client.create_run, experiment_id,
+        run_name=trial_run_name(trial_number, params), tags=all_tags,
+    )
+    trial_run = TrialRun(tracker, run.info.run_id, trial_number)
+    tracker._log_batch(run.info.run_id,
+                       params=[Param(k, v) for k, v in flatten_config(config).items()])
+    return trial_run
+
+
+class TrialRun:
+    """One trial's child run. Made by `start_trial`; ended once by `end`."""
+
+    def __init__(self, tracker: Tracker, run_id: str, trial_number: int) -> None:
+        self.tracker = tracker
+        self.run_id = run_id
+        self.trial_number = trial_number
+        self.ended = False
+
+    def __repr__(self) -> str:
+        return f"TrialRun(t{self.trial_number:03d}, {self.run_id})"
+
+    def log_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
+        """One epoch's metrics with step = epoch, as the epoch ends (live curves in the UI)."""
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(k, float(v), now, int(epoch)) for k, v in metrics.items()
+            if k != "epoch" and isinstance(v, int | float) and not isinstance(v, bool)
+        ]
+        self.tracker._log_batch(self.run_id, metrics=batch)
+
+    def log_result(self, result: Any, config: dict[str, Any], log_checkpoint: bool = True
+                   ) -> dict[str, Any]:
+        """The finished trial: best-epoch metrics (`best_*`), classification_report.csv/.json,
+        thresholds.json, curves.png, config.json and (if `log_checkpoint`) model.pt.
+
+        `result` is a train.FitResult. Returns {"f1_by_attribute": {attribute: F1}} for the
+        objective to store as a trial user attr (the parent's heatmap reads it)."""
+        # late: training.metrics loads sklearn, measured +0.7 s on `import celebhpo.hpo` (every
+        # study command); the worker that gets here has it loaded already
+        from celebhpo.training.metrics import report_to_dict
+
+        now = int(time.time() * 1000)
+        best = [Metric(f"best_{k}", float(v), now, 0) for k, v in result.best_metrics.items()
+                if isinstance(v, int | float) and not isinstance(v, bool) and k != "epoch"]
+        best.append(Metric("best_epoch", float(result.best_epoch), now, 0))
+        self.tracker._log_batch(self.run_id, metrics=best)
+
+        report = result.report
+        f1 = f1_by_attribute(report)
+        with tempfile.TemporaryDirectory(prefix="celebhpo-trial-") as tmp:
+            out = Path(tmp)
+            report.to_csv(out / "classification_report.csv", index=False)
+            (out / "classification_report.json").write_text(
+                json.dumps(report_to_dict(report), indent=2, default=float))
+            (out / "thresholds.json").write_text(json.dumps(
+                dict(zip(f1, [float(t) for t in result.thresholds], strict=True)), indent=2))
+            (out / "config.json").write_text(mask_url(json.dumps(config, indent=2, default=str)))
+            files = ["classification_report.csv", "classification_report.json",
+                     "thresholds.json", "config.json"]
+            try:
+                plots.training_curves(result.history, out / "curves.png",
+                                      title=f"trial {self.trial_number}")
+                files.append("curves.png")
+            except Exception as e:  # noqa: BLE001 - a plot must never fail the trial
+                log.warning("skipped curves.png for trial %d: %s", self.trial_number,
+                            one_line(str(e), 200))
+            for name in files:
+                self.tracker._call("log artifact", self.tracker.client.log_artifact,
+                                   self.run_id, str(out / name))
+        ckpt = getattr(result, "checkpoint_path", None)
+        if log_checkpoint and ckpt is not None and Path(ckpt).is_file():
+            self._log_checkpoint(Path(ckpt))
+        return {"f1_by_attribute": f1}
+
+    def _log_checkpoint(self, ckpt: Path) -> None:
+        if ckpt.name == "model.pt":
+            self.tracker._call("log checkpoint", self.tracker.client.log_artifact,
+                               self.run_id, str(ckpt))
+            return
+        # the artifact is always model.pt, whatever the worker called its file
+        with tempfile.TemporaryDirectory(prefix="celebhpo-ckpt-") as tmp:
+            link = Path(tmp) / "model.pt"
+            try:
+                os.link(ckpt, link)
+            except OSError:
+                shutil.copyfile(ckpt, link)
+            self.tracker._call("log checkpoint", self.tracker.client.log_artifact,
+                               self.run_id, str(link))
+
+    def end(self, state: str, reason: str | None = None, pruned_at: int | None = None, *,
+            quiet: bool = True) -> bool:
+        """End the run: COMPLETE -> FINISHED, PRUNED -> KILLED (tag state=PRUNED,
+        pruned_at_epoch), FAIL -> FAILED (tag error = the reason, masked, one line).
+
+        Meant for a `finally:` block: with `quiet` (the default) a store that stays
+        unreachable is logged as a warning, not raised, so the trial's own error is what the
+        user sees; `close_orphan_runs` ends such a run later. Returns whether it was recorded.
+        """
+        if state not in RUN_STATUS:
+            raise TrackingError(f"trial run state {state!r} is not one of {', '.join(RUN_STATUS)}")
+        if self.ended:
+            return True
+        tags = [RunTag("state", state)]
+        if state == "PRUNED" and pruned_at is not None:
+            tags.append(RunTag("pruned_at_epoch", str(pruned_at)))
+        if reason:
+            tags.append(RunTag("error" if state == "FAIL" else "reason", one_line(reason)))
+        try:
+            self.tracker._log_batch(self.run_id, tags=tags)
+            self.tracker._call("end run", self.tracker.client.set_terminated, self.run_id,
+                               RUN_STATUS[state])
+        except TrackingError as e:
+            if not quiet:
+                raise
+            log.warning("could not end MLflow run of trial %d: %s", self.trial_number, e)
+            return False
+        self.ended = True
+        return True
