@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
@@ -30,6 +32,22 @@ def format_metrics(metrics: dict[str, Any], keys: list[str] | None = None) -> st
     keys = keys or [k for k, v in metrics.items() if isinstance(v, int | float)]
     width = max(len(k) for k in keys)
     return "\n".join(f"{k:<{width}}  {metrics[k]:.4f}" for k in keys if k in metrics)
+
+
+def report_to_dict(report: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """A per-class report (training.metrics.per_class_report) as `{attribute: {column:
+    value}}`, JSON-able: numpy scalars become Python numbers, NaN becomes None (strict JSON
+    has no NaN)."""
+    raw = report.set_index("attribute").to_dict(orient="index")  # keeps int columns int
+    return {str(name): {str(k): _plain(v) for k, v in row.items()} for name, row in raw.items()}
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
 
 
 def format_inspect(report: dict[str, Any]) -> str:

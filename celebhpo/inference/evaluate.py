@@ -25,8 +25,9 @@ from celebhpo.data import BatchLoader, load_data, read_celeba, select_split
 from celebhpo.errors import CheckpointError, DataError, StudyError, mask_url
 from celebhpo.inference.predict import predict_paths
 from celebhpo.inference.predictor import Predictor, load_model
+from celebhpo.report import report_to_dict
 from celebhpo.training.loop import evaluate as evaluate_batches
-from celebhpo.training.metrics import compute_metrics, per_class_report, report_to_dict
+from celebhpo.training.metrics import compute_metrics, per_class_report
 
 __all__ = ["SplitEvaluation", "evaluate", "evaluate_test_split", "score"]
 

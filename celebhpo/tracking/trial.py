@@ -21,6 +21,7 @@ import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 
 from celebhpo.errors import TrackingError, mask_url
+from celebhpo.report import report_to_dict
 from celebhpo.tracking import plots
 from celebhpo.tracking.client import Tracker, one_line
 
@@ -150,10 +151,6 @@ class TrialRun:
 
         `result` is a train.FitResult. Returns {"f1_by_attribute": {attribute: F1}} for the
         objective to store as a trial user attr (the parent's heatmap reads it)."""
-        # late: training.metrics loads sklearn, measured +0.7 s on `import celebhpo.hpo` (every
-        # study command); the worker that gets here has it loaded already
-        from celebhpo.training.metrics import report_to_dict
-
         now = int(time.time() * 1000)
         best = [Metric(f"best_{k}", float(v), now, 0) for k, v in result.best_metrics.items()
                 if isinstance(v, int | float) and not isinstance(v, bool) and k != "epoch"]

@@ -34,7 +34,6 @@ __all__ = [
     "compute_metrics",
     "per_class_report",
     "predict",
-    "report_to_dict",
     "tune_thresholds",
 ]
 
@@ -205,19 +204,3 @@ def per_class_report(probs: Any, targets: Any, attributes: list[str],
         "accuracy_tuned": (pred_tuned == t).mean(0),
     })
     return df
-
-
-def report_to_dict(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """`{attribute: {column: value}}`, JSON-able: numpy scalars become Python numbers and NaN
-    becomes None (strict JSON has no NaN)."""
-    frame = df.set_index("attribute") if "attribute" in df.columns else df
-    raw = frame.to_dict(orient="index")  # keeps each column's type (support stays int)
-    return {str(name): {str(k): _plain(v) for k, v in row.items()} for name, row in raw.items()}
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v

@@ -18,12 +18,12 @@ from sklearn.metrics import (
     recall_score,
 )
 
+from celebhpo.report import report_to_dict
 from celebhpo.training.metrics import (
     average_precisions,
     compute_metrics,
     per_class_report,
     predict,
-    report_to_dict,
     tune_thresholds,
 )
 
