@@ -2,8 +2,8 @@
 and of a checkpoint write, the MLflow server dying between two trials, passwords in URLs
 that reach the command line's output, and where `celebhpo ui` binds.
 
-(kill -9 of a worker on SQLite/PostgreSQL, SIGTERM and NaN trials: test_workers.py and
-test_study.py.)
+(kill -9 of a worker on SQLite/PostgreSQL, SIGTERM and NaN trials: tests/hpo/test_worker.py and
+tests/hpo/test_studies.py.)
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def test_kill9_during_a_checkpoint_write_keeps_a_whole_checkpoint(tmp_path):
 # -- the MLflow server goes away between two trials ---------------------------------------------
 def test_tracking_server_gone_mid_study_fails_the_trial_and_stops_the_worker(
         synth_root, tmp_path, tracking_server, monkeypatch):
-    """workers.py: the tracking store down after its retries is a setup error: the trial
+    """hpo.worker: the tracking store down after its retries is a setup error: the trial
     FAILs with the reason, is re-queued, and the worker stops with a TrackingError; nothing
     is left RUNNING, and once the server is back the study resumes and ends consistent."""
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"

@@ -1,4 +1,4 @@
-"""study.py in one process: create / no-op / conflict / replace, storages, name inference,
+"""hpo.studies in one process: create / no-op / conflict / replace, storages, name inference,
 optimize with budget and resume, leaderboard order, NaN trials, pruning.
 
 Real Optuna, MLflow (SQLite in a temp dir) and training on tiny synthetic faces.
