@@ -84,7 +84,7 @@ def export_best(
     chosen = _choose(study_name, storage)
     tracker = Tracker(tracking_uri or chosen.study.user_attrs.get("tracking_uri"))
     tracker.check()
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device, key="--device")
 
     # download, evaluate once on test, build and check, publish: in a folder beside `out`
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -100,7 +100,7 @@ def load_model(path: str | Path, backend: str = "torch", device: str = "cpu") ->
         )
     payload = load_checkpoint(ckpt)
     meta = _metadata(payload, ckpt)
-    dev = resolve_device(device)
+    dev = resolve_device(device, key="device")
     if backend == "torch":
         forward = _torch_forward(payload, ckpt, dev)
     else:
