@@ -263,7 +263,7 @@ def optimize_cmd(study_name: str | None, n_trials: int | None, timeout: float | 
 
     Example: celebhpo optimize --study seed-grid --trials 8
     """
-    from celebhpo import hpo as study_mod
+    from celebhpo.hpo import launch_workers, optimize
 
     storage = _resolve_storage(storage)
     if devices:
@@ -271,9 +271,9 @@ def optimize_cmd(study_name: str | None, n_trials: int | None, timeout: float | 
         args += ["--study", study_name] if study_name else []
         args += ["--trials", str(n_trials)] if n_trials is not None else []
         args += ["--timeout", str(timeout)] if timeout is not None else []
-        sys.exit(study_mod.launch_workers(devices.split(","), args))
-    study_mod.optimize(study_name=study_name, storage=storage, n_trials=n_trials,
-                       timeout=timeout, device=device, progress=True)
+        sys.exit(launch_workers(devices.split(","), args))
+    optimize(study_name=study_name, storage=storage, n_trials=n_trials, timeout=timeout,
+             device=device, progress=True)
 
 
 # -- the best model ----------------------------------------------------------------------
