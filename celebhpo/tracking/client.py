@@ -1,7 +1,7 @@
 """The MLflow store: which URI, where artifacts go, whether it answers, and one retried call.
 
 Only `MlflowClient` with explicit run ids is used: no fluent "active run" can leak from one
-trial into the next. Every call to the store goes through `Tracker._call`, which retries with
+trial into the next. Every call to the store goes through `Tracker.call`, which retries with
 backoff and then raises one `TrackingError` line with the URI's password masked. The study,
 trial, summary and registry modules beside this one do their work through a Tracker.
 """
@@ -137,7 +137,7 @@ class Tracker:
             self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         return self._client
 
-    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)`, retried with exponential backoff on errors that may pass
         (network, a locked database); then one TrackingError line."""
         delay = self.backoff
@@ -164,11 +164,11 @@ class Tracker:
             f"{one_line(str(error), 300)}"
         ) from None
 
-    def _log_batch(self, run_id: str, *, metrics: Iterable = (), params: Iterable = (),
-                   tags: Iterable = ()) -> None:
+    def log_batch(self, run_id: str, *, metrics: Iterable = (), params: Iterable = (),
+                  tags: Iterable = ()) -> None:
         metrics, params, tags = list(metrics), list(params), list(tags)
         while metrics or params or tags:
-            self._call("log", self.client.log_batch, run_id, metrics=metrics[:_BATCH * 10],
+            self.call("log", self.client.log_batch, run_id, metrics=metrics[:_BATCH * 10],
                        params=params[:_BATCH], tags=tags[:_BATCH])
             metrics, params, tags = metrics[_BATCH * 10:], params[_BATCH:], tags[_BATCH:]
 
@@ -176,10 +176,10 @@ class Tracker:
         """Fail fast, before any training, when the store cannot be reached."""
         try:
             if _is_http(self.uri):
-                self._call("connect", _probe_http, self.uri, self.timeout)
+                self.call("connect", _probe_http, self.uri, self.timeout)
             elif "://" in self.uri and not self.uri.startswith("databricks"):
-                self._call("connect", _probe_database, self.uri, self.timeout)
-            self._call("connect", self.client.search_experiments, max_results=1)
+                self.call("connect", _probe_database, self.uri, self.timeout)
+            self.call("connect", self.client.search_experiments, max_results=1)
         except TrackingError as e:
             raise TrackingError(
                 f"MLflow tracking store {self.masked_uri} unreachable: {_after_colon(e)}; "

@@ -24,7 +24,7 @@ def create_study_run(tracker: Tracker, study_name: str, config: dict[str, Any], 
     study, returns the existing ones. `fresh=True` (a replaced study) starts a new parent
     run and marks the old one `superseded`. Returns (experiment_id, parent_run_id)."""
     experiment_id = _experiment(tracker, study_name)
-    parents = tracker._call(
+    parents = tracker.call(
         "search runs", tracker.client.search_runs, [experiment_id],
         filter_string="tags.role = 'study'", order_by=["attributes.start_time ASC"],
         max_results=50,
@@ -33,35 +33,35 @@ def create_study_run(tracker: Tracker, study_name: str, config: dict[str, Any], 
     if parents and not fresh:
         return experiment_id, parents[0].info.run_id
     for old in parents:
-        tracker._call("tag run", tracker.client.set_tag, old.info.run_id, "superseded", "true")
-    run = tracker._call(
+        tracker.call("tag run", tracker.client.set_tag, old.info.run_id, "superseded", "true")
+    run = tracker.call(
         "create run", tracker.client.create_run, experiment_id, run_name=study_name,
         tags={"role": "study", "study": study_name},
     )
     params = [Param(k, v) for k, v in flatten_config(config).items()]
-    tracker._log_batch(run.info.run_id, params=params,
+    tracker.log_batch(run.info.run_id, params=params,
                        tags=[RunTag("mlflow.note.content", _study_note(study_name, config))])
     # The parent stands for the study, not for a process: it is FINISHED at once (MLflow
     # still accepts its artifacts and metrics), so no worker's exit leaves it RUNNING.
-    tracker._call("end run", tracker.client.set_terminated, run.info.run_id, "FINISHED")
+    tracker.call("end run", tracker.client.set_terminated, run.info.run_id, "FINISHED")
     return experiment_id, run.info.run_id
 
 
 def _experiment(tracker: Tracker, name: str) -> str:
     client = tracker.client
-    exp = tracker._call("get experiment", client.get_experiment_by_name, name)
+    exp = tracker.call("get experiment", client.get_experiment_by_name, name)
     if exp is None:
         try:
-            return tracker._call("create experiment", client.create_experiment, name,
+            return tracker.call("create experiment", client.create_experiment, name,
                                  artifact_location=artifact_root(tracker.uri),
                                  tags={"celebhpo.study": name})
         except TrackingError:
             # Another process may have created it between our look and our create.
-            exp = tracker._call("get experiment", client.get_experiment_by_name, name)
+            exp = tracker.call("get experiment", client.get_experiment_by_name, name)
             if exp is None:
                 raise
     if exp.lifecycle_stage == "deleted":
-        tracker._call("restore experiment", client.restore_experiment, exp.experiment_id)
+        tracker.call("restore experiment", client.restore_experiment, exp.experiment_id)
     return exp.experiment_id
 
 
@@ -74,14 +74,14 @@ def _study_note(study_name: str, config: dict[str, Any]) -> str:
 
 def child_runs(tracker: Tracker, parent_run_id: str, status: str | None = None) -> list[Run]:
     """The trial runs under a parent (mlflow Run objects), oldest first."""
-    parent = tracker._call("get run", tracker.client.get_run, parent_run_id)
+    parent = tracker.call("get run", tracker.client.get_run, parent_run_id)
     query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
     if status:
         query += f" and attributes.status = '{status}'"
     runs: list[Run] = []
     token = None
     while True:
-        page = tracker._call("search runs", tracker.client.search_runs,
+        page = tracker.call("search runs", tracker.client.search_runs,
                              [parent.info.experiment_id], filter_string=query,
                              order_by=["attributes.start_time ASC"], max_results=1000,
                              page_token=token)
@@ -111,6 +111,6 @@ def close_orphan_runs(tracker: Tracker, parent_run_id: str,
         TrialRun(tracker, run.info.run_id, number).end(
             state, reason=reason if state == "FAIL" else None, quiet=False)
         if state != "FAIL":
-            tracker._call("tag run", tracker.client.set_tag, run.info.run_id, "note", reason)
+            tracker.call("tag run", tracker.client.set_tag, run.info.run_id, "note", reason)
         closed.append(run.info.run_id)
     return closed

@@ -41,7 +41,7 @@ def refresh_parent(tracker: Tracker, parent_run_id: str, study: optuna.Study,
             except Exception as e:  # noqa: BLE001 - a plot must never fail the study
                 log.warning("skipped %s for the parent run: %s", name, one_line(str(e), 200))
         for name in written:
-            tracker._call("log artifact", tracker.client.log_artifact, parent_run_id,
+            tracker.call("log artifact", tracker.client.log_artifact, parent_run_id,
                           str(out / name), "summary" if name.endswith(".html") else None)
 
     done = [t for t in study.trials if t.state.is_finished()]
@@ -53,8 +53,8 @@ def refresh_parent(tracker: Tracker, parent_run_id: str, study: optuna.Study,
         best = study.best_trial
         metrics += [Metric("best_trial_number", best.number, now, len(done)),
                     Metric("best_value", float(best.value), now, len(done))]
-    tracker._log_batch(parent_run_id, metrics=metrics)
-    tracker._call("end run", tracker.client.set_terminated, parent_run_id, "FINISHED")
+    tracker.log_batch(parent_run_id, metrics=metrics)
+    tracker.call("end run", tracker.client.set_terminated, parent_run_id, "FINISHED")
     return written
 
 

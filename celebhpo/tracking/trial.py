@@ -113,12 +113,12 @@ def start_trial(tracker: Tracker, experiment_id: str, parent_run_id: str, trial_
     }
     for key, value in (tags or {}).items():
         all_tags[key] = one_line(str(value), 5000)
-    run = tracker._call(
+    run = tracker.call(
         "create run", tracker.client.create_run, experiment_id,
         run_name=trial_run_name(trial_number, params), tags=all_tags,
     )
     trial_run = TrialRun(tracker, run.info.run_id, trial_number)
-    tracker._log_batch(run.info.run_id,
+    tracker.log_batch(run.info.run_id,
                        params=[Param(k, v) for k, v in flatten_config(config).items()])
     return trial_run
 
@@ -142,7 +142,7 @@ class TrialRun:
             Metric(k, float(v), now, int(epoch)) for k, v in metrics.items()
             if k != "epoch" and isinstance(v, int | float) and not isinstance(v, bool)
         ]
-        self.tracker._log_batch(self.run_id, metrics=batch)
+        self.tracker.log_batch(self.run_id, metrics=batch)
 
     def log_result(self, result: Any, config: dict[str, Any], log_checkpoint: bool = True
                    ) -> dict[str, Any]:
@@ -155,7 +155,7 @@ class TrialRun:
         best = [Metric(f"best_{k}", float(v), now, 0) for k, v in result.best_metrics.items()
                 if isinstance(v, int | float) and not isinstance(v, bool) and k != "epoch"]
         best.append(Metric("best_epoch", float(result.best_epoch), now, 0))
-        self.tracker._log_batch(self.run_id, metrics=best)
+        self.tracker.log_batch(self.run_id, metrics=best)
 
         report = result.report
         f1 = f1_by_attribute(report)
@@ -177,7 +177,7 @@ class TrialRun:
                 log.warning("skipped curves.png for trial %d: %s", self.trial_number,
                             one_line(str(e), 200))
             for name in files:
-                self.tracker._call("log artifact", self.tracker.client.log_artifact,
+                self.tracker.call("log artifact", self.tracker.client.log_artifact,
                                    self.run_id, str(out / name))
         ckpt = getattr(result, "checkpoint_path", None)
         if log_checkpoint and ckpt is not None and Path(ckpt).is_file():
@@ -186,7 +186,7 @@ class TrialRun:
 
     def _log_checkpoint(self, ckpt: Path) -> None:
         if ckpt.name == "model.pt":
-            self.tracker._call("log checkpoint", self.tracker.client.log_artifact,
+            self.tracker.call("log checkpoint", self.tracker.client.log_artifact,
                                self.run_id, str(ckpt))
             return
         # the artifact is always model.pt, whatever the worker called its file
@@ -196,7 +196,7 @@ class TrialRun:
                 os.link(ckpt, link)
             except OSError:
                 shutil.copyfile(ckpt, link)
-            self.tracker._call("log checkpoint", self.tracker.client.log_artifact,
+            self.tracker.call("log checkpoint", self.tracker.client.log_artifact,
                                self.run_id, str(link))
 
     def end(self, state: str, reason: str | None = None, pruned_at: int | None = None, *,
@@ -218,8 +218,8 @@ class TrialRun:
         if reason:
             tags.append(RunTag("error" if state == "FAIL" else "reason", one_line(reason)))
         try:
-            self.tracker._log_batch(self.run_id, tags=tags)
-            self.tracker._call("end run", self.tracker.client.set_terminated, self.run_id,
+            self.tracker.log_batch(self.run_id, tags=tags)
+            self.tracker.call("end run", self.tracker.client.set_terminated, self.run_id,
                                RUN_STATUS[state])
         except TrackingError as e:
             if not quiet:
