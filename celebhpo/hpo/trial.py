@@ -85,7 +85,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> int:
     if ctx.device:
         tcfg.train.device = ctx.device
     trial.set_user_attr("device", tcfg.train.device)
-    reporter = TrialReporter(trial, ctx.cfg.study.metric)
+    reporter = TrialReporter(trial, ctx.cfg.study.metric, ctx.cfg.study.resolved_direction())
 
     def objective(run: TrialRun) -> tuple[float, dict[str, Any]]:
         return train(tcfg, run, reporter, ctx.data_cache, progress=ctx.progress,
@@ -102,7 +102,10 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> int:
         out.run.end(out.state.name, reason=out.reason or None, pruned_at=reporter.pruned_at)
     ctx.echo(format_trial_line(trial.number, out.state.name, ctx.cfg.study.metric, out.value,
                                params, summary))
-    _refresh_parent(ctx)
+    if not isinstance(out.error, KeyboardInterrupt):
+        # stopping: the interrupt may have landed inside an import (say matplotlib's, on the
+        # way to a plot), which leaves that package half-imported for the rest of the process
+        _refresh_parent(ctx)
     if out.error is not None:
         raise out.error
     return trial.number
@@ -152,5 +155,5 @@ def _refresh_parent(ctx: TrialContext) -> None:
     try:
         refresh_parent(ctx.tracker, ctx.attrs["parent_run_id"], ctx.study,
                        leaderboard(ctx.study))
-    except TrackingError as e:  # a summary never fails the study
-        ctx.echo(f"warning: parent run summary not refreshed: {e}")
+    except Exception as e:  # a summary never fails the study (nor a plotting library's bug)
+        ctx.echo(f"warning: parent run summary not refreshed: {type(e).__name__}: {e}")
