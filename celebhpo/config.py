@@ -89,10 +89,13 @@ class TrainConfig:
     epochs: int = 8
     batch_size: int = 64
     eval_batch_size: int = 512
-    class_weighting: Literal["pos_weight", "seed", "none"] = "pos_weight"
-    patience: int = 0  # early stopping on val_loss; 0 = off
+    # the training loss only; trials are compared by plain (unweighted) val_loss whatever this is.
+    # inverse_frequency is the seed's n / (40 * positives); "seed" is its old name
+    class_weighting: Literal["none", "pos_weight", "inverse_frequency", "seed"] = "none"
+    patience: int = 0  # early stopping on the study's metric; 0 = off
     grad_clip: float = 0.0  # max grad norm; 0 = off
-    threshold_metric: Literal["f1", "balanced_accuracy"] = "f1"
+    # per-attribute thresholds tuned on validation to maximise this; "none" keeps 0.5
+    threshold_metric: Literal["accuracy", "f1", "balanced_accuracy", "none"] = "accuracy"
     device: str = "auto"  # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
     amp: bool = True  # bf16 autocast on CUDA
     channels_last: bool = True  # on CUDA

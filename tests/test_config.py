@@ -46,6 +46,12 @@ def test_seed_grid_is_the_seeds_study():
     assert (cfg.train.optimizer, cfg.train.pretrained) == ("adam", "imagenet")
 
 
+def test_defaults_serve_mean_accuracy(tmp_path):
+    """Issue 13: plain BCE and accuracy-tuned thresholds unless the file says otherwise."""
+    cfg = load_study_file(write(tmp_path, "[train]\nlr = 0.01\n"))
+    assert (cfg.train.class_weighting, cfg.train.threshold_metric) == ("none", "accuracy")
+
+
 def test_space_kinds(tmp_path):
     cfg = load_study_file(write(tmp_path, """
 [space]
@@ -82,6 +88,8 @@ num_features = { low = 64, high = 256, step = 64 }
         ("[data]\nimage_size = 0\n", "[data] image_size = 0 must be > 0"),
         ("[train]\ndropout = 1.5\n", "dropout = 1.5 must be in [0, 1)"),
         ("[study]\npruner = 'medain'\n", "did you mean 'median'?"),
+        ("[train]\nthreshold_metric = 'acc'\n", "did you mean 'accuracy'?"),
+        ("[train]\nclass_weighting = 'inverse_freq'\n", "did you mean 'inverse_frequency'?"),
         ("[train\n", "not valid TOML"),
     ],
 )

@@ -31,9 +31,10 @@ class TrialReporter(Callback):
     """Logs each epoch to the trial's MLflow run (once `run` is set), reports `metric` to
     Optuna and raises TrialPruned when the pruner says so."""
 
-    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+    def __init__(self, trial: optuna.Trial, metric: str, direction: str = "minimize") -> None:
         self.trial = trial
         self.metric = metric
+        self.direction = direction
         self.run: TrialRun | None = None
         self.history: list[dict[str, Any]] = []
         self.pruned_at: int | None = None
@@ -49,12 +50,14 @@ class TrialReporter(Callback):
             raise optuna.TrialPruned(f"pruned at epoch {epoch}: {self.metric} {value:.4f}")
 
     def summary(self) -> dict[str, Any]:
-        """User attrs from the epochs seen (a pruned or failed trial has no FitResult)."""
+        """User attrs from the epochs seen (a pruned or failed trial has no FitResult): the
+        best epoch by the study's metric (fit's rule) and its validation figures."""
         out: dict[str, Any] = {"epochs_run": len(self.history), "pruned_at": self.pruned_at}
-        losses = [h["val_loss"] for h in self.history if _num(h.get("val_loss")) is not None]
-        if losses:
-            best = min(self.history, key=lambda h: _num(h.get("val_loss")) or math.inf)
-            out.update(best_val_loss=float(min(losses)),
+        scored = [h for h in self.history if _num(h.get(self.metric)) is not None]
+        if scored:
+            pick = min if self.direction == "minimize" else max
+            best = pick(scored, key=lambda h: float(h[self.metric]))  # first of ties, as fit
+            out.update(best_epoch=int(best["epoch"]), val_loss=_num(best.get("val_loss")),
                        val_mean_acc=_num(best.get("val_mean_acc")),
                        val_map=_num(best.get("val_map")))
         return out
@@ -80,8 +83,8 @@ def train(tcfg: StudyConfig, run: TrialRun, reporter: TrialReporter,
     finally:
         bar.close()
     logged.update(device=str(result.device), checkpoint_logged=keep,
-                  val_mean_acc=_num(result.best_metrics.get("val_mean_acc")),
-                  val_map=_num(result.best_metrics.get("val_map")),
+                  **{k: _num(result.best_metrics.get(k))
+                     for k in ("val_loss", "val_mean_acc", "val_map")},
                   best_epoch=result.best_epoch)
     return value, logged
 

@@ -79,11 +79,13 @@ def require_best_trial(study: optuna.Study, storage: str) -> FrozenTrial:
 def leaderboard(study: optuna.Study) -> pd.DataFrame:
     """Every trial, best first: COMPLETE by value, then PRUNED by their best reported value,
     then RUNNING, WAITING and FAIL. Columns: trial, state, the searched params, the value,
-    best_val_loss, val_mean_acc, val_map, epochs, duration_s, note."""
+    the best epoch (by the study's metric) and its val_loss, val_mean_acc, val_map (less the
+    one that is the value), epochs run, duration_s, note."""
     trials = study.get_trials(deepcopy=False)
     metric = metric_name(study)
     retried = {n: t.number for t in trials for n in t.system_attrs.get("retry_history", [])[-1:]}
     param_names = list(dict.fromkeys(k for t in trials for k in t.params))
+    figures = [k for k in ("val_loss", "val_mean_acc", "val_map") if k != metric]
     rows = []
     for t in trials:
         a = t.user_attrs
@@ -97,19 +99,18 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
             "state": t.state.name,
             **{k: t.params.get(k) for k in param_names},
             metric: score,
-            "best_val_loss": a.get("best_val_loss"),
-            "val_mean_acc": a.get("val_mean_acc"),
-            "val_map": a.get("val_map"),
+            "best_epoch": a.get("best_epoch"),
+            **{k: a.get(k) for k in figures},
             "epochs": a.get("epochs_run"),
             "duration_s": a.get("duration_s"),
             "note": _note(t, retried),
         })
     rows = _sorted_rows(study, rows, metric)
-    columns = ["trial", "state", *param_names, metric, "best_val_loss", "val_mean_acc",
-               "val_map", "epochs", "duration_s", "note"]
-    if metric == "val_loss":
-        columns.remove("best_val_loss")  # the value is the best val_loss already
-    return pd.DataFrame(rows, columns=columns).reset_index(drop=True)
+    columns = ["trial", "state", *param_names, metric, "best_epoch", *figures, "epochs",
+               "duration_s", "note"]
+    df = pd.DataFrame(rows, columns=columns).reset_index(drop=True)
+    # counts stay integers beside missing values (not 2.0 beside NaN)
+    return df.astype({"best_epoch": "Int64", "epochs": "Int64"})
 
 
 def _note(t: FrozenTrial, retried: dict[int, int]) -> str:

@@ -55,9 +55,10 @@ class EpochStats:
 
 @dataclass
 class EvalOutput:
-    loss: float  # mean loss over every image and attribute of the split
+    loss: float  # mean `loss_fn` over every image and attribute of the split
     probs: np.ndarray  # (N, A) sigmoid(logits), float32
     targets: np.ndarray  # (N, A) 0/1, float32
+    weighted_loss: float | None = None  # mean `weighted_loss_fn` likewise, when given
 
 
 def train_one_epoch(
@@ -111,13 +112,19 @@ def train_one_epoch(
                       seconds=time.perf_counter() - start, bad_batch=first_bad)
 
 
-def evaluate(model: nn.Module, loader: BatchLoader, loss_fn: nn.Module, *,
-             amp: bool = False) -> EvalOutput:
+def evaluate(model: nn.Module, loader: BatchLoader, loss_fn: nn.Module | None = None, *,
+             amp: bool = False, weighted_loss_fn: nn.Module | None = None) -> EvalOutput:
     """Loss, probabilities and targets of the WHOLE split (no flip: give a loader built with
-    flip=False, shuffle=False). Predictions are `sigmoid(logits)`, per attribute."""
+    flip=False, shuffle=False). Predictions are `sigmoid(logits)`, per attribute.
+
+    `loss` is `loss_fn` (default: plain, unweighted BCE, the loss trials are compared by);
+    `weighted_loss_fn`, when given, is computed on the same logits in the same pass (fit uses
+    it to log the class-weighted training loss on validation too)."""
     model.eval()
     device = next(model.parameters()).device
+    loss_fn = loss_fn if loss_fn is not None else nn.BCEWithLogitsLoss()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    weighted_sum = torch.zeros((), dtype=torch.float64, device=device)
     probs, targets = [], []
     n = 0
     with torch.inference_mode():
@@ -126,6 +133,8 @@ def evaluate(model: nn.Module, loader: BatchLoader, loss_fn: nn.Module, *,
                 logits = model(x)  # (B, A)
             logits = logits.float()
             loss_sum += loss_fn(logits, y).double() * x.shape[0]
+            if weighted_loss_fn is not None:
+                weighted_sum += weighted_loss_fn(logits, y).double() * x.shape[0]
             probs.append(torch.sigmoid(logits))
             targets.append(y)
             n += x.shape[0]
@@ -133,4 +142,6 @@ def evaluate(model: nn.Module, loader: BatchLoader, loss_fn: nn.Module, *,
         raise DataError("evaluate: the split has no images")
     return EvalOutput(loss=float(loss_sum.item()) / n,
                       probs=torch.cat(probs).cpu().numpy(),
-                      targets=torch.cat(targets).cpu().numpy())
+                      targets=torch.cat(targets).cpu().numpy(),
+                      weighted_loss=(float(weighted_sum.item()) / n
+                                     if weighted_loss_fn is not None else None))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,7 +62,7 @@ __all__ = [
 @dataclass
 class FitResult:
     history: list[dict[str, Any]]  # one row per epoch (keys: see fit)
-    best_epoch: int  # from 1, by lowest val_loss
+    best_epoch: int  # from 1, by the study's metric (lowest val_loss, highest accuracy...)
     best_metrics: dict[str, float]
     report: pd.DataFrame  # metrics.per_class_report on validation at the best epoch
     thresholds: np.ndarray  # (A,) tuned on validation at the best epoch
@@ -79,7 +79,8 @@ class _Run:
     amp: bool
     model: nn.Module  # the weights that are kept
     run_model: nn.Module  # `model`, or its torch.compile wrapper: what runs the batches
-    loss_fn: nn.Module
+    loss_fn: nn.Module  # the training loss (class-weighted per [train] class_weighting)
+    weighted: bool  # whether it is weighted: then validation logs it as val_loss_weighted
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR | None
     train_loader: BatchLoader
@@ -100,10 +101,13 @@ class _Best:
 def fit(cfg: StudyConfig, data: DataBundle, callbacks: Iterable[Callback] = (),
         checkpoint_path: str | Path | None = None) -> FitResult:
     """Train `cfg` on `data.splits["train"]`, validate on `["val"]` every epoch, keep the best
-    epoch (lowest val_loss) and write its checkpoint to `checkpoint_path` (if given).
+    epoch by the study's metric (`[study] metric`, in its direction) and write its checkpoint
+    to `checkpoint_path` (if given). Early stopping (`[train] patience`) uses the same metric.
 
-    History rows: epoch, train_loss, val_loss, val_mean_acc, val_balanced_acc, val_map, lr,
-    epoch_seconds, images_per_s (training images per second of the training phase).
+    History rows: epoch, train_loss, val_loss (plain BCE, whatever the training loss is
+    weighted with), val_loss_weighted (only when it is weighted), val_mean_acc,
+    val_balanced_acc, val_map (at 0.5), lr, epoch_seconds, images_per_s (training images per
+    second of the training phase).
     Raises TrainingError on a NaN/inf loss; callback exceptions propagate unchanged.
     """
     callbacks = list(callbacks)
@@ -112,7 +116,7 @@ def fit(cfg: StudyConfig, data: DataBundle, callbacks: Iterable[Callback] = (),
     for cb in callbacks:
         cb.on_fit_start(dict(run.info))
     # the epochs: train, validate, keep the best, report (callbacks may stop the run)
-    history, best, stopped_early = _epochs(cfg.train, run, callbacks)
+    history, best, stopped_early = _epochs(cfg, run, callbacks)
     # after training: thresholds and per-class report at the best epoch, then the checkpoint
     thresholds, report, best_metrics = _tune(cfg.train, data.attributes, best)
     saved: Path | None = None
@@ -175,13 +179,15 @@ def _setup(cfg: StudyConfig, data: DataBundle) -> _Run:
             "channels_last": channels_last, "compile": bool(tc.compile),
             "parameters": sum(p.numel() for p in model.parameters())}
     return _Run(device=device, amp=amp, model=model, run_model=run_model, loss_fn=loss_fn,
-                optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
+                weighted=tc.class_weighting != "none", optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
                 val_loader=val_loader, mean=mean, std=std, info=info)
 
 
-def _epochs(tc: TrainConfig, run: _Run, callbacks: Sequence[Callback]
+def _epochs(cfg: StudyConfig, run: _Run, callbacks: Sequence[Callback]
             ) -> tuple[list[dict[str, Any]], _Best, bool]:
     """Run the epochs; returns (history, the best epoch, whether it stopped early)."""
+    tc = cfg.train
+    better = _better(cfg.study.metric, cfg.study.resolved_direction())
     history: list[dict[str, Any]] = []
     best: _Best | None = None
     for epoch in range(1, tc.epochs + 1):
@@ -193,29 +199,47 @@ def _epochs(tc: TrainConfig, run: _Run, callbacks: Sequence[Callback]
                                 scheduler=run.scheduler, epoch=epoch, grad_clip=tc.grad_clip,
                                 amp=run.amp, callbacks=callbacks)
         _check_finite(tc, epoch, lr, stats=stats, steps=len(run.train_loader))
-        # validate on the whole split
-        out = evaluate(run.run_model, run.val_loader, run.loss_fn, amp=run.amp)
+        # validate on the whole split: plain BCE (comparable across weightings), and the
+        # training loss too when it is weighted
+        out = evaluate(run.run_model, run.val_loader, amp=run.amp,
+                       weighted_loss_fn=run.loss_fn if run.weighted else None)
         _check_finite(tc, epoch, lr, out=out)
         m = compute_metrics(out.probs, out.targets)
         row = {"epoch": epoch, "train_loss": stats.loss, "val_loss": out.loss,
                "val_mean_acc": m["mean_acc"], "val_balanced_acc": m["balanced_acc"],
                "val_map": m["map"], "lr": lr, "epoch_seconds": time.perf_counter() - started,
                "images_per_s": stats.images / max(stats.seconds, 1e-9)}
+        if out.weighted_loss is not None:
+            row["val_loss_weighted"] = out.weighted_loss
         history.append(row)
         # keep the best epoch's weights (a CPU copy) and validation outputs
-        if best is None or out.loss < best.row["val_loss"]:
+        if best is None or better(row, best.row):
             best = _Best(row=row, metrics=m, out=out,
                          state={k: v.detach().to("cpu", copy=True)
                                 for k, v in run.model.state_dict().items()})
         # report: callbacks may raise (pruning); let it through unchanged
         for cb in callbacks:
             cb.on_epoch_end(epoch, dict(row))
-        # early stopping on val_loss
+        # early stopping on the same metric
         if tc.patience > 0 and epoch - best.row["epoch"] >= tc.patience:
             return history, best, epoch < tc.epochs
     if best is None:  # only a config that skipped validation gets here
         raise ConfigError(f"[train] epochs = {tc.epochs} must be > 0")
     return history, best, False
+
+
+def _better(metric: str, direction: str) -> Callable[[dict[str, Any], dict[str, Any]], bool]:
+    """Whether history row `a` beats row `b` on `metric` (strictly: a tie keeps the earlier
+    epoch). A NaN value (mAP of a split with no positive) never beats a number."""
+    sign = -1.0 if direction == "minimize" else 1.0
+
+    def better(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        va, vb = float(a[metric]), float(b[metric])
+        if math.isnan(va):
+            return False
+        return math.isnan(vb) or sign * va > sign * vb
+
+    return better
 
 
 def _check_finite(tc: TrainConfig, epoch: int, lr: float, *, stats: EpochStats | None = None,

@@ -30,6 +30,7 @@ from sklearn.metrics import (
 )
 
 __all__ = [
+    "THRESHOLD_METRICS",
     "average_precisions",
     "compute_metrics",
     "per_class_report",
@@ -112,48 +113,66 @@ def compute_metrics(probs: Any, targets: Any, thresholds: float | Any = 0.5) -> 
     return out
 
 
-def tune_thresholds(probs: Any, targets: Any, metric: str = "f1") -> np.ndarray:
-    """(A,) per-attribute thresholds maximising `metric` ("f1" or "balanced_accuracy").
+THRESHOLD_METRICS = ("accuracy", "f1", "balanced_accuracy", "none")
 
-    Sort-based, O(N log N) per attribute: sort the probabilities in decreasing order; cutting
-    after the k-th distinct value predicts the top k images positive, and cumulative sums of
-    the sorted targets give TP and FP of every cut at once. The chosen threshold is the
-    midpoint between the last value kept positive and the next one, so `prob > t` and
-    `prob >= t` agree on this split. An attribute whose split has no positive or no negative
-    cannot be tuned: it keeps 0.5. Ties in the metric go to the higher threshold.
+
+def tune_thresholds(probs: Any, targets: Any, metric: str = "accuracy") -> np.ndarray:
+    """(A,) per-attribute thresholds maximising `metric` on this split: "accuracy" (the
+    default), "f1" or "balanced_accuracy"; "none" keeps 0.5 for every attribute.
+
+    Exact and sort-based, O(N log N) per attribute: sort the probabilities in decreasing order;
+    cutting after the k-th image predicts the top k positive, and cumulative sums of the sorted
+    targets give TP and FP of every cut at once. Only cuts a threshold can make count: not
+    inside a run of equal probabilities, and not "everything positive" when the lowest
+    probability is 0 (no `prob > t` with t in [0, 1] makes it positive). The threshold of a cut
+    is the midpoint between the last probability kept positive and the next one (so `prob > t`
+    and `prob >= t` agree on this split); "nothing positive" is (max + 1) / 2. So an attribute
+    becomes constant only when that maximises the metric on this split. Of the cuts that tie
+    on the metric, the one whose threshold is closest to 0.5 wins. An attribute whose split
+    has no positive or no negative cannot be tuned: it keeps 0.5.
     """
-    if metric not in ("f1", "balanced_accuracy"):
-        raise ValueError(f"unknown threshold metric {metric!r}: use 'f1' or 'balanced_accuracy'")
+    if metric not in THRESHOLD_METRICS:
+        raise ValueError(f"unknown threshold metric {metric!r}: use one of "
+                         f"{', '.join(THRESHOLD_METRICS)}")
     p, t = _as_arrays(probs, targets)
     n, n_attr = p.shape
     out = np.full(n_attr, 0.5)
-    if n == 0:
+    if n == 0 or metric == "none":
         return out
     order = np.argsort(-p, axis=0, kind="stable")  # (N, A) descending
     s = np.take_along_axis(p, order, axis=0)  # (N, A) sorted probabilities
     y = np.take_along_axis(t, order, axis=0)  # (N, A) targets in that order
     tp = np.vstack([np.zeros((1, n_attr)), np.cumsum(y, axis=0)])  # (N+1, A): cut after k rows
-    k = np.arange(n + 1)[:, None]
-    fp = k - tp
-    n_pos = tp[-1]  # (A,)
-    n_neg = n - n_pos
-    if metric == "f1":
-        denom = 2 * tp + fp + (n_pos - tp)
-        score = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
-    else:
-        score = 0.5 * (tp / np.maximum(n_pos, 1) + (n_neg - fp) / np.maximum(n_neg, 1))
-    # a cut inside a run of equal probabilities cannot be made by any threshold
+    fp = np.arange(n + 1)[:, None] - tp
+    n_pos, n_neg = tp[-1], n - tp[-1]  # (A,)
+    score = _cut_scores(metric, tp, fp, n_pos, n_neg)
+    # the threshold of every cut: between the last kept positive and the first kept negative
+    padded = np.vstack([np.ones((1, n_attr)), s, np.zeros((1, n_attr))])
+    th = (padded[:-1] + padded[1:]) / 2  # (N+1, A); cut 0 -> (max + 1) / 2
     valid = np.ones((n + 1, n_attr), dtype=bool)
-    valid[1:n] = s[:-1] > s[1:]
+    valid[1:n] = s[:-1] > s[1:]  # a cut inside a run of equal probabilities
+    valid[n] = s[-1] > 0  # "all positive" needs a threshold below the lowest probability
     score = np.where(valid, score, -np.inf)
-    best = np.argmax(score, axis=0)  # (A,) first maximum = fewest positives = highest threshold
-    cols = np.arange(n_attr)
-    above = np.where(best > 0, s[np.maximum(best - 1, 0), cols], 1.0)  # last kept positive
-    below = np.where(best < n, s[np.minimum(best, n - 1), cols], 0.0)  # first kept negative
-    th = np.where(best == 0, (s[0] + 1.0) / 2, (above + below) / 2)  # best == 0: none positive
+    best = score.max(0)  # (A,)
+    # among the cuts that tie on the metric (up to rounding), the threshold nearest 0.5
+    ties = score >= best[None, :] - 1e-12
+    pick = np.argmin(np.where(ties, np.abs(th - 0.5), np.inf), axis=0)
+    tuned = th[pick, np.arange(n_attr)]
     tunable = (n_pos > 0) & (n_neg > 0)
-    out[tunable] = th[tunable]
+    out[tunable] = tuned[tunable]
     return out
+
+
+def _cut_scores(metric: str, tp: np.ndarray, fp: np.ndarray, n_pos: np.ndarray,
+                n_neg: np.ndarray) -> np.ndarray:
+    """(N+1, A) the metric of every cut, from its true and false positives."""
+    tn = n_neg[None, :] - fp
+    if metric == "accuracy":
+        return (tp + tn) / np.maximum(n_pos + n_neg, 1)[None, :]
+    if metric == "f1":
+        denom = 2 * tp + fp + (n_pos[None, :] - tp)
+        return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    return 0.5 * (tp / np.maximum(n_pos, 1) + tn / np.maximum(n_neg, 1))
 
 
 def _sklearn_report(t: np.ndarray, pred: np.ndarray, attributes: list[str]) -> pd.DataFrame:

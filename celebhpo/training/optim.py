@@ -21,9 +21,11 @@ __all__ = ["class_weights", "make_loss", "make_optimizer", "make_scheduler"]
 def class_weights(labels: np.ndarray, scheme: str) -> np.ndarray | None:
     """(A,) loss weights from the train split's (N, A) 0/1 labels.
 
+    none: None (the default: plain BCE serves mean accuracy, the field's headline metric);
     pos_weight: negatives/positives per attribute (BCE's `pos_weight`: scales positive terms);
-    seed: n / (A * positives), the seed project's per-attribute `weight` (scales both terms);
-    none: None. An attribute with no positive (or, for pos_weight, no negative) in the train
+    inverse_frequency (alias: seed): n / (A * positives), the seed project's per-attribute
+    `weight` (scales both terms of an attribute by its inverse positive rate / A).
+    An attribute with no positive (or, for pos_weight, no negative) in the train
     split gets 1.0: there is no evidence to re-weight it by.
     """
     y = np.asarray(labels, dtype=np.float64)
@@ -35,14 +37,16 @@ def class_weights(labels: np.ndarray, scheme: str) -> np.ndarray | None:
     if scheme == "pos_weight":
         ok = (pos > 0) & (neg > 0)
         return np.where(ok, neg / np.maximum(pos, 1), 1.0)
-    if scheme == "seed":
+    if scheme in ("inverse_frequency", "seed"):
         return np.where(pos > 0, n / (n_attr * np.maximum(pos, 1)), 1.0)
-    raise ConfigError(f"[train] class_weighting = {scheme!r}: use pos_weight, seed or none")
+    raise ConfigError(f"[train] class_weighting = {scheme!r}: use none, pos_weight or "
+                      "inverse_frequency")
 
 
 def make_loss(labels: np.ndarray, scheme: str, device: torch.device | str = "cpu"
               ) -> nn.BCEWithLogitsLoss:
-    """BCEWithLogitsLoss (mean over images and attributes) weighted per `class_weights`."""
+    """BCEWithLogitsLoss (mean over images and attributes) weighted per `class_weights`: the
+    training loss. Trials are compared by the plain one (see training.epoch.evaluate)."""
     w = class_weights(labels, scheme)
     if w is None:
         return nn.BCEWithLogitsLoss()

@@ -37,56 +37,57 @@ def storage(tmp_path_factory) -> str:
             t.report(value, epoch)
         study.tell(t, **tell)
 
-    trial(0.003, {"val_mean_acc": 0.81, "val_map": 0.55, "epochs_run": 2, "duration_s": 12.5},
-          [0.7, 0.5], values=0.5)
+    trial(0.003, {"val_mean_acc": 0.81, "val_map": 0.55, "epochs_run": 2, "duration_s": 12.5,
+                  "best_epoch": 2}, [0.7, 0.5], values=0.5)
     trial(0.03, {"epochs_run": 1, "pruned_at": 1, "duration_s": 3.25}, [0.9], state=TS.PRUNED)
     trial(0.03, {"epochs_run": 1, "fail_reason": "loss is nan at epoch 1", "duration_s": 1.0},
           [], state=TS.FAIL)
-    trial(0.003, {"val_mean_acc": 0.8375, "val_map": 0.6, "epochs_run": 2, "duration_s": 11.0},
-          [0.6, 0.4125], values=0.4125)
+    trial(0.003, {"val_mean_acc": 0.8375, "val_map": 0.6, "epochs_run": 2, "duration_s": 11.0,
+                  "best_epoch": 2}, [0.6, 0.4125], values=0.4125)
     requeue(study, study.trials[2])
     return storage
 
 
 TABLE = [
-    " trial    state    lr  val_loss  val_mean_acc  val_map  epochs  duration_s"
+    " trial    state    lr  val_loss best_epoch  val_mean_acc  val_map epochs  duration_s"
     "                                      note",
-    "     3 COMPLETE 0.003    0.4125        0.8375      0.6       2          11"
+    "     3 COMPLETE 0.003    0.4125          2        0.8375      0.6      2          11"
     "                                          ",
-    "     0 COMPLETE 0.003       0.5          0.81     0.55       2        12.5"
+    "     0 COMPLETE 0.003       0.5          2          0.81     0.55      2        12.5"
     "                                          ",
-    "     1   PRUNED  0.03       0.9           NaN      NaN       1        3.25"
+    "     1   PRUNED  0.03       0.9          -             -        -      1        3.25"
     "                         pruned at epoch 1",
-    "     4  WAITING  0.03       NaN           NaN      NaN     NaN         NaN"
+    "     4  WAITING  0.03         -          -             -        -      -           -"
     "                                          ",
-    "     2     FAIL  0.03       NaN           NaN      NaN       1           1"
+    "     2     FAIL  0.03         -          -             -        -      1           1"
     " loss is nan at epoch 1; re-run as trial 4",
 ]
 
 CSV = [
-    "trial,state,lr,val_loss,val_mean_acc,val_map,epochs,duration_s,note",
-    "3,COMPLETE,0.003,0.4125,0.8375,0.6,2.0,11.0,",
-    "0,COMPLETE,0.003,0.5,0.81,0.55,2.0,12.5,",
-    "1,PRUNED,0.03,0.9,,,1.0,3.25,pruned at epoch 1",
-    "4,WAITING,0.03,,,,,,",
-    "2,FAIL,0.03,,,,1.0,1.0,loss is nan at epoch 1; re-run as trial 4",
+    "trial,state,lr,val_loss,best_epoch,val_mean_acc,val_map,epochs,duration_s,note",
+    "3,COMPLETE,0.003,0.4125,2,0.8375,0.6,2,11.0,",
+    "0,COMPLETE,0.003,0.5,2,0.81,0.55,2,12.5,",
+    "1,PRUNED,0.03,0.9,,,,1,3.25,pruned at epoch 1",
+    "4,WAITING,0.03,,,,,,,",
+    "2,FAIL,0.03,,,,,1,1.0,loss is nan at epoch 1; re-run as trial 4",
 ]
 
 
-def _record(trial: int, state: str, lr: float, val_loss: str, acc: str, map_: str,
+def _record(trial: int, state: str, lr: float, val_loss: str, best: str, acc: str, map_: str,
             epochs: str, duration: str, note: str) -> list[str]:
     return ["  {", f'    "trial":{trial},', f'    "state":"{state}",', f'    "lr":{lr},',
-            f'    "val_loss":{val_loss},', f'    "val_mean_acc":{acc},', f'    "val_map":{map_},',
+            f'    "val_loss":{val_loss},', f'    "best_epoch":{best},',
+            f'    "val_mean_acc":{acc},', f'    "val_map":{map_},',
             f'    "epochs":{epochs},', f'    "duration_s":{duration},', f'    "note":"{note}"',
             "  }"]
 
 
 RECORDS = [
-    _record(3, "COMPLETE", 0.003, "0.4125", "0.8375", "0.6", "2.0", "11.0", ""),
-    _record(0, "COMPLETE", 0.003, "0.5", "0.81", "0.55", "2.0", "12.5", ""),
-    _record(1, "PRUNED", 0.03, "0.9", "null", "null", "1.0", "3.25", "pruned at epoch 1"),
-    _record(4, "WAITING", 0.03, "null", "null", "null", "null", "null", ""),
-    _record(2, "FAIL", 0.03, "null", "null", "null", "1.0", "1.0",
+    _record(3, "COMPLETE", 0.003, "0.4125", "2", "0.8375", "0.6", "2", "11.0", ""),
+    _record(0, "COMPLETE", 0.003, "0.5", "2", "0.81", "0.55", "2", "12.5", ""),
+    _record(1, "PRUNED", 0.03, "0.9", "null", "null", "null", "1", "3.25", "pruned at epoch 1"),
+    _record(4, "WAITING", 0.03, "null", "null", "null", "null", "null", "null", ""),
+    _record(2, "FAIL", 0.03, "null", "null", "null", "null", "1", "1.0",
             "loss is nan at epoch 1; re-run as trial 4"),
 ]
 JSON = ["[", *[line for i, rec in enumerate(RECORDS)

@@ -69,6 +69,7 @@ def test_class_weights_on_a_known_label_matrix():
     # column 0: 1 pos 3 neg; column 1: 2/2; column 2: no positive; column 3: no negative
     assert class_weights(y, "pos_weight").tolist() == [3.0, 1.0, 1.0, 1.0]
     assert class_weights(y, "seed").tolist() == pytest.approx([4 / 4, 4 / 8, 1.0, 4 / 16])
+    assert class_weights(y, "inverse_frequency").tolist() == class_weights(y, "seed").tolist()
     assert class_weights(y, "none") is None
     assert make_loss(y, "pos_weight").pos_weight.tolist() == [3.0, 1.0, 1.0, 1.0]
     assert make_loss(y, "seed").weight.tolist() == pytest.approx([1.0, 0.5, 1.0, 0.25])
@@ -177,7 +178,8 @@ def test_fit_history_callbacks_checkpoint_round_trip(tmp_path):
                class_weighting="seed")
     result = fit(cfg, data, callbacks=[rec], checkpoint_path=tmp_path / "best.pt")
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
-    assert all(set(h) == ROW_KEYS for h in result.history)
+    # a weighted training loss: val_loss stays plain BCE, the weighted one is logged beside it
+    assert all(set(h) == ROW_KEYS | {"val_loss_weighted"} for h in result.history)
     assert rec.epochs == result.history and rec.info["n_train"] == 64
     assert rec.batches == [(e, b, 4) for e in (1, 2, 3) for b in range(4)]  # 64 / 16
     assert result.history[0]["lr"] == pytest.approx(3e-3 / 4)  # first warm-up step
@@ -197,8 +199,13 @@ def test_fit_history_callbacks_checkpoint_round_trip(tmp_path):
     model = model_from_checkpoint(payload)
     val = data.splits["val"]
     loader = BatchLoader(val.images, val.labels, 100, shuffle=False, flip=False, device="cpu")
-    out = evaluate(model, loader, make_loss(data.splits["train"].labels, "seed"))
+    out = evaluate(model, loader, weighted_loss_fn=make_loss(data.splits["train"].labels, "seed"))
     assert out.loss == pytest.approx(result.best_metrics["val_loss"], rel=1e-5)
+    plain = nn.functional.binary_cross_entropy(torch.from_numpy(out.probs).double(),
+                                               torch.from_numpy(out.targets).double())
+    assert out.loss == pytest.approx(float(plain), rel=1e-4)  # unweighted, by hand
+    assert out.weighted_loss == pytest.approx(result.best_metrics["val_loss_weighted"], rel=1e-5)
+    assert out.weighted_loss != pytest.approx(out.loss, rel=1e-2)
     report = per_class_report(out.probs, out.targets, data.attributes, result.thresholds)
     assert np.allclose(report["f1_tuned"], result.report["f1_tuned"])
     assert "best epoch" in format_training(cfg, result)
@@ -281,15 +288,37 @@ def test_callback_exceptions_propagate_unchanged(tmp_path):
     assert not (tmp_path / "x.pt").exists()  # a pruned run writes no checkpoint
 
 
+def test_the_best_epoch_follows_the_study_metric(tmp_path):
+    """metric = val_mean_acc: the best epoch, the value and the checkpoint are the epoch of
+    highest validation accuracy, even where another epoch has the lowest val_loss."""
+    data = _bundle()
+    cfg = _cfg(epochs=6, lr=0.05)
+    cfg.study.metric = "val_mean_acc"
+    result = fit(cfg, data, checkpoint_path=tmp_path / "best.pt")
+    accs = [h["val_mean_acc"] for h in result.history]
+    losses = [h["val_loss"] for h in result.history]
+    assert int(np.argmax(accs)) != int(np.argmin(losses))  # the case this test is about
+    assert result.best_epoch == int(np.argmax(accs)) + 1  # the first of ties
+    assert result.best_metrics["val_mean_acc"] == max(accs)
+    payload = load_checkpoint(result.checkpoint_path)
+    assert payload["epoch"] == result.best_epoch
+    val = data.splits["val"]
+    loader = BatchLoader(val.images, val.labels, 100, shuffle=False, flip=False, device="cpu")
+    out = evaluate(model_from_checkpoint(payload), loader)
+    assert compute_metrics(out.probs, out.targets)["mean_acc"] == pytest.approx(max(accs))
+
+
 def test_early_stopping_on_val_loss():
     rec = _Recorder()
     # a learning rate far too high: val_loss stops improving within a few epochs
-    result = fit(_cfg(epochs=12, patience=2, lr=0.5), _bundle(), callbacks=[rec])
+    cfg = _cfg(epochs=12, patience=2, lr=0.5)
+    result = fit(cfg, _bundle(), callbacks=[rec])
     assert result.stopped_early and len(result.history) < 12
     losses = [h["val_loss"] for h in result.history]
     best = int(np.argmin(losses)) + 1
     assert result.best_epoch == best and len(losses) == best + 2  # patience 2
     assert len(rec.epochs) == len(losses)
+    assert "stopped early: no better val_loss for 2 epochs" in format_training(cfg, result)
 
 
 def test_learns_visible_attributes_of_synthetic_faces(synth_root, tmp_path):

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 from sklearn.metrics import (
+    accuracy_score,
     average_precision_score,
     balanced_accuracy_score,
     f1_score,
@@ -108,18 +109,54 @@ def test_per_attribute_thresholds_change_the_figures():
         compute_metrics(p, t, [0.5, 0.5])
 
 
-@pytest.mark.parametrize("metric", ["f1", "balanced_accuracy"])
+SCORES = {"accuracy": accuracy_score, "f1": f1_score, "balanced_accuracy": balanced_accuracy_score}
+
+
+@pytest.mark.parametrize("metric", sorted(SCORES))
 def test_tuned_thresholds_reach_the_best_value_of_any_threshold(metric):
     p, t = _random(n=150, a=8, seed=3)
     p = np.round(p, 2)  # many ties: cuts inside a run of equal values must be skipped
-    score = f1_score if metric == "f1" else balanced_accuracy_score
+    p[:5, 0] = 0.0  # probability 0: "everything positive" is not a cut `prob > t` can make
+    score = SCORES[metric]
     th = tune_thresholds(p, t, metric=metric)
+    assert ((th >= 0) & (th <= 1)).all()
     for j in range(t.shape[1]):
-        candidates = np.concatenate([np.unique(p[:, j]), [-1.0]])
-        brute = max(score(t[:, j], (p[:, j] >= c).astype(int)) for c in candidates)
+        # brute force: every threshold in [0, 1] that gives a distinct prediction
+        candidates = np.concatenate([[0.0, 1.0], (np.unique(p[:, j])[:-1] + np.unique(p[:, j])[1:]) / 2])
+        brute = max(score(t[:, j], (p[:, j] > c).astype(int)) for c in candidates)
         assert score(t[:, j], (p[:, j] > th[j]).astype(int)) == pytest.approx(brute)
         # the midpoint rule: > and >= agree on this split
         assert ((p[:, j] > th[j]) == (p[:, j] >= th[j])).all()
+
+
+def test_accuracy_tuning_keeps_an_attribute_the_model_cannot_separate_mostly_absent():
+    """F1's trap: for an attribute the model cannot tell apart, "always present" maximises F1
+    (the issue's Wavy_Hair at 0.092); accuracy tuning predicts the majority class instead, and
+    a constant answer only because it is the best accuracy on this split."""
+    rng = np.random.default_rng(1)
+    t = (rng.random((400, 1)) < 0.3).astype(np.float32)
+    p = rng.random((400, 1)) * 0.6  # unrelated to the labels
+    f1_th = tune_thresholds(p, t, metric="f1")[0]
+    acc_th = tune_thresholds(p, t, metric="accuracy")[0]
+    assert (p[:, 0] > f1_th).mean() > 0.5  # F1: most faces "have" it
+    assert (p[:, 0] > acc_th).mean() < 0.1  # accuracy: nearly no one
+    majority = max(t.mean(), 1 - t.mean())
+    assert accuracy_score(t[:, 0], p[:, 0] > acc_th) >= majority - 1e-9
+
+
+def test_ties_on_the_metric_go_to_the_threshold_nearest_half():
+    t = np.array([[0], [0], [1], [1]], dtype=np.float32)
+    p = np.array([[0.1], [0.2], [0.8], [0.9]])  # any cut between 0.2 and 0.8 is perfect
+    assert tune_thresholds(p, t, metric="accuracy")[0] == pytest.approx(0.5)
+    p = np.array([[0.05], [0.1], [0.15], [0.3]])  # perfect cut only between 0.1 and 0.15
+    assert tune_thresholds(p, t, metric="accuracy")[0] == pytest.approx(0.125)
+
+
+def test_threshold_metric_none_keeps_half_and_an_unknown_one_is_refused():
+    p, t = _random(n=50, a=3, seed=2)
+    assert tune_thresholds(p, t, metric="none").tolist() == [0.5, 0.5, 0.5]
+    with pytest.raises(ValueError, match="threshold metric 'recall'"):
+        tune_thresholds(p, t, metric="recall")
 
 
 def test_tuning_helps_a_miscalibrated_attribute_and_leaves_untunable_ones_at_half():
@@ -128,18 +165,17 @@ def test_tuning_helps_a_miscalibrated_attribute_and_leaves_untunable_ones_at_hal
     p = 0.1 + 0.2 * t + 0.05 * rng.random((300, 3))  # perfectly ranked, all below 0.5
     t[:, 1] = 0  # no positive: nothing to tune on
     t[:, 2] = 1  # no negative either
-    th = tune_thresholds(p, t)
-    assert 0.15 < th[0] < 0.3
-    assert f1_score(t[:, 0], p[:, 0] > th[0]) == 1.0
-    assert th[1] == 0.5 and th[2] == 0.5
-    with pytest.raises(ValueError, match="threshold metric"):
-        tune_thresholds(p, t, metric="accuracy")
+    for metric in ("accuracy", "f1", "balanced_accuracy"):
+        th = tune_thresholds(p, t, metric=metric)
+        assert 0.15 < th[0] < 0.3
+        assert accuracy_score(t[:, 0], p[:, 0] > th[0]) == 1.0
+        assert th[1] == 0.5 and th[2] == 0.5
 
 
 def test_per_class_report_columns_and_values():
     p, t = _random()
     names = [f"attr{j}" for j in range(t.shape[1])]
-    th = tune_thresholds(p, t)
+    th = tune_thresholds(p, t, metric="f1")
     df = per_class_report(p, t, names, th)
     assert list(df["attribute"]) == names
     for col in ("support", "precision", "recall", "f1", "accuracy", "threshold", "ap",
