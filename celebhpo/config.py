@@ -15,7 +15,7 @@ import math
 import tomllib
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -89,8 +89,7 @@ class TrainConfig:
     epochs: int = 8
     batch_size: int = 64
     eval_batch_size: int = 512
-    # the training loss only; trials are compared by plain (unweighted) val_loss whatever this is.
-    # inverse_frequency is the seed's n / (40 * positives); "seed" is its old name
+    # the training loss only (trials compare plain val_loss); "seed" = inverse_frequency
     class_weighting: Literal["none", "pos_weight", "inverse_frequency", "seed"] = "none"
     patience: int = 0  # early stopping on the study's metric; 0 = off
     grad_clip: float = 0.0  # max grad norm; 0 = off
@@ -105,10 +104,7 @@ class TrainConfig:
 
 @dataclass
 class Categorical:
-    choices: list[Any]
-
-    def to_dict(self) -> Any:
-        return list(self.choices)
+    choices: list[Any]  # stored as the list itself
 
 
 @dataclass
@@ -117,18 +113,12 @@ class FloatRange:
     high: float
     log: bool = False
 
-    def to_dict(self) -> Any:
-        return {"low": self.low, "high": self.high, "log": self.log}
-
 
 @dataclass
 class IntRange:
     low: int
     high: int
     step: int = 1
-
-    def to_dict(self) -> Any:
-        return {"low": self.low, "high": self.high, "step": self.step}
 
 
 Dimension = Categorical | FloatRange | IntRange
@@ -149,7 +139,8 @@ class StudyConfig:
             "study": dataclasses.asdict(self.study),
             "data": dataclasses.asdict(self.data),
             "train": dataclasses.asdict(self.train),
-            "space": {k: v.to_dict() for k, v in self.space.items()},
+            "space": {k: list(v.choices) if isinstance(v, Categorical) else dataclasses.asdict(v)
+                      for k, v in self.space.items()},
         }
 
     @classmethod
@@ -223,34 +214,45 @@ class StudyConfig:
 
     # -- validation -----------------------------------------------------------------
     def validate(self) -> None:
+        """Every value of [train], [data] and every value and range end of [space] against the
+        same rules, so a searched value is refused at `study create` like a fixed one."""
         src = self.source
         for key, dim in self.space.items():
             values = dim.choices if isinstance(dim, Categorical) else [dim.low, dim.high]
             for v in values:
-                _coerce(TrainConfig, key, v, src, "space")
-            if key == "arch" and isinstance(dim, Categorical):
-                for v in dim.choices:
+                _check_value("train", key, _coerce(TrainConfig, key, v, src, "space"), src,
+                             "space")
+                if key == "arch":
                     _check_arch(v, src, "space.arch")
         _check_arch(self.train.arch, src, "train.arch")
-        positive = {
-            ("train", "epochs"), ("train", "batch_size"), ("train", "eval_batch_size"),
-            ("train", "num_features"), ("data", "image_size"),
-        }
-        for section, key in positive:
-            value = getattr(getattr(self, section), key)
-            if value <= 0:
-                raise ConfigError(f"{src}: [{section}] {key} = {value} must be > 0")
-        for key in ("train_size", "val_size", "test_size", "subset_seed"):
-            if getattr(self.data, key) < 0:
-                raise ConfigError(f"{src}: [data] {key} must be >= 0 (0 = the whole split)")
-        if not 0.0 <= self.train.dropout < 1.0:
-            raise ConfigError(f"{src}: [train] dropout = {self.train.dropout} must be in [0, 1)")
-        if self.train.lr <= 0:
-            raise ConfigError(f"{src}: [train] lr = {self.train.lr} must be > 0")
+        for section in ("train", "data"):
+            for key, value in dataclasses.asdict(getattr(self, section)).items():
+                _check_value(section, key, value, src, section)
         if len(self.data.mean) != len(self.data.std) or len(self.data.mean) not in (0, 3):
             raise ConfigError(f"{src}: [data] mean and std must both be [] or both 3 numbers")
         if not self.study.name or "/" in self.study.name:
             raise ConfigError(f"{src}: [study] name must be a non-empty name without '/'")
+
+
+_POSITIVE = (lambda v: v > 0, "> 0")
+_NOT_NEGATIVE = (lambda v: v >= 0, ">= 0")
+_RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
+    **{("train", k): _POSITIVE for k in ("epochs", "batch_size", "eval_batch_size",
+                                         "num_features", "lr")},
+    **{("train", k): _NOT_NEGATIVE for k in ("weight_decay", "warmup_epochs", "patience",
+                                             "grad_clip")},
+    ("train", "dropout"): (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("data", "image_size"): _POSITIVE,
+    **{("data", k): (lambda v: v >= 0, ">= 0 (0 = the whole split)")
+       for k in ("train_size", "val_size", "test_size", "subset_seed")},
+}
+
+
+def _check_value(section: str, key: str, value: Any, source: str, shown: str) -> None:
+    """ConfigError naming `[shown] key = value` when it breaks `section`'s rule for `key`."""
+    rule = _RULES.get((section, key))
+    if rule is not None and not rule[0](value):
+        raise ConfigError(f"{source}: [{shown}] {key} = {value} must be {rule[1]}")
 
 
 # ---------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from celebhpo._io import atomic_write
 from celebhpo.data.images import CROPS, load_image
 from celebhpo.errors import DataError
 
-CACHE_VERSION = 1  # bump when load_image's output changes for the same inputs
+CACHE_VERSION = 2  # bump when load_image's output changes for the same inputs (2: EXIF, 16-bit)
 _CHUNK = 64  # images per work unit: large enough to amortize IPC, small for a smooth bar
 
 
