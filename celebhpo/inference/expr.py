@@ -9,8 +9,10 @@ their words; the tokenizer matches the longest attribute name at each point, so 
 names need no quoting. Precedence: `not` binds tighter than `and`, `and` tighter than `or`.
 
 An expression gives two things per image:
-- a score, the probability that the expression holds, treating attributes as independent:
-  p(a and b) = pa * pb, p(a or b) = pa + pb - pa * pb, p(not a) = 1 - pa;
+- a score, the exact probability that the expression holds when distinct attributes are
+  independent: p(a and b) = pa * pb, p(a or b) = pa + pb - pa * pb, p(not a) = 1 - pa for
+  distinct a and b, while a repeated attribute is one event ("Male or not Male" scores 1,
+  "Male and Male" p(Male)); how, in expr_tree.py;
 - a truth value on the thresholded predictions, used to filter.
 
 Errors are `ExpressionError`s on one line that quote the expression and say "at position N"
@@ -23,9 +25,19 @@ import re
 from dataclasses import dataclass
 
 from celebhpo.errors import ExpressionError, did_you_mean
-from celebhpo.inference.expr_tree import And, Attr, Expression, Node, Not, Or
+from celebhpo.inference.expr_tree import (
+    MAX_ENUMERATED,
+    And,
+    Attr,
+    Expression,
+    Node,
+    Not,
+    Or,
+    enumerated,
+)
 
-__all__ = ["MAX_DEPTH", "Expression", "ExpressionParseError", "parse_expression", "tokenize"]
+__all__ = ["MAX_DEPTH", "MAX_ENUMERATED", "Expression", "ExpressionParseError",
+           "parse_expression", "tokenize"]
 
 OPERATORS = ("and", "or", "not")
 # Deeper than any expression a person writes; keeps evaluation's recursion far from Python's limit.
@@ -237,9 +249,15 @@ def parse_expression(expr: str, attributes: list[str]) -> Expression:
     """Parse `expr` over `attributes` (the model's names, in its output order).
 
     Raises ExpressionError (an ExpressionParseError, with `.position`) on unknown names, with
-    the nearest ones suggested, and on malformed expressions, with the position.
+    the nearest ones suggested, and on malformed expressions, with the position; a plain
+    ExpressionError when scoring it exactly would enumerate more than MAX_ENUMERATED attributes.
     """
     tokens = tokenize(expr, attributes)
     root = _Parser(expr, tokens).parse()
+    if (k := enumerated(root)) > MAX_ENUMERATED:
+        raise ExpressionError(
+            f'expression "{_shown(expr)}": scoring it exactly enumerates {k} attributes named '
+            f"more than once (2^{k} cases per image), more than {MAX_ENUMERATED}; name each "
+            "attribute fewer times, e.g. factor out the repeated ones")
     used = tuple(dict.fromkeys(t.attr.name for t in tokens if t.attr is not None))
     return Expression(source=expr, root=root, attributes=used)

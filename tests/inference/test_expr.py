@@ -10,7 +10,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from celebhpo.errors import ExpressionError
-from celebhpo.inference.expr import MAX_DEPTH, ExpressionParseError, parse_expression
+from celebhpo.inference.expr import (
+    MAX_DEPTH,
+    MAX_ENUMERATED,
+    ExpressionParseError,
+    parse_expression,
+)
+from celebhpo.inference.expr_tree import enumerated
 
 # CelebA's 40 names in file order (kept here so this test needs nothing but the parser).
 ATTRS = [
@@ -93,6 +99,97 @@ def test_score_is_probability_under_independence():
     assert score("Eyeglasses or Male") == pytest.approx(0.8 + 0.3 - 0.8 * 0.3)
     assert score("Eyeglasses or Male or Smiling") == pytest.approx(1 - 0.2 * 0.7 * 0.4)
     assert score("(Eyeglasses or Male) and Smiling") == pytest.approx((0.8 + 0.3 - 0.24) * 0.6)
+
+
+def brute_force(expr: str, probs: np.ndarray) -> np.ndarray:
+    """P(expr) by enumerating every truth value of every distinct attribute it names."""
+    parsed = parse_expression(expr, ATTRS)
+    idx = [IDX[a] for a in parsed.attributes]
+    total = np.zeros(len(probs))
+    for values in itertools.product((False, True), repeat=len(idx)):
+        row = np.zeros((1, 40), dtype=bool)
+        row[0, idx] = values
+        if parsed.holds(row)[0]:
+            total += np.prod(np.where(values, probs[:, idx], 1.0 - probs[:, idx]), axis=1)
+    return total
+
+
+def test_a_repeated_attribute_is_one_event():
+    probs = np.random.default_rng(0).random((6, 40))
+    male = probs[:, IDX["Male"]]
+
+    def score(e: str) -> np.ndarray:
+        return parse_expression(e, ATTRS).score(probs)
+
+    np.testing.assert_allclose(score("Male or not Male"), 1.0, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(score("Male and Male"), male, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(score("Male and not Male"), 0.0, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(score("not (Male or Male or Male)"), 1 - male, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(score("(Male or Male) and (Male or not Male)"), male, rtol=0,
+                               atol=1e-12)
+
+
+def test_two_shared_attributes_against_hand_computed_values():
+    p = np.full((2, 40), 0.5)
+    p[:, IDX["Male"]] = [0.3, 0.9]
+    p[:, IDX["Smiling"]] = [0.6, 0.2]
+    m, s = p[:, IDX["Male"]], p[:, IDX["Smiling"]]
+    xor = "(Male or Smiling) and not (Male and Smiling)"
+    np.testing.assert_allclose(parse_expression(xor, ATTRS).score(p), m * (1 - s) + (1 - m) * s)
+    # 0.3*0.4 + 0.7*0.6 = 0.54 and 0.9*0.8 + 0.1*0.2 = 0.74, written out
+    np.testing.assert_allclose(parse_expression(xor, ATTRS).score(p), [0.54, 0.74])
+    same = "(Male and Smiling) or (not Male and not Smiling)"
+    np.testing.assert_allclose(parse_expression(same, ATTRS).score(p), [0.46, 0.26])
+    # absorption: Male or (Male and Smiling) is Male, whatever Smiling is
+    np.testing.assert_allclose(parse_expression("Male or (Male and Smiling)", ATTRS).score(p),
+                               m)
+
+
+def random_expression(rng: np.random.Generator, names: list[str], depth: int) -> str:
+    """An and/or/not tree over `names` (repeats likely), `depth` levels at most."""
+    if depth == 0 or rng.random() < 0.25:
+        leaf = str(rng.choice(names))
+        return f"not {leaf}" if rng.random() < 0.3 else leaf
+    op = " and " if rng.random() < 0.5 else " or "
+    parts = [random_expression(rng, names, depth - 1) for _ in range(rng.integers(2, 4))]
+    text = "(" + op.join(parts) + ")"
+    return f"not {text}" if rng.random() < 0.2 else text
+
+
+def test_random_three_attribute_expressions_match_brute_force():
+    rng = np.random.default_rng(3)
+    probs = rng.random((5, 40))
+    names = ["Male", "Smiling", "Eyeglasses"]
+    repeated = 0
+    for _ in range(200):
+        expr = random_expression(rng, names, depth=4)
+        parsed = parse_expression(expr, ATTRS)
+        repeated += len(parsed.attributes) < sum(expr.count(n) for n in names)
+        np.testing.assert_allclose(parsed.score(probs), brute_force(expr, probs), rtol=0,
+                                   atol=1e-12, err_msg=expr)
+    assert repeated > 100  # the point: most of them name an attribute more than once
+
+
+def test_too_many_shared_attributes_is_refused_in_one_line():
+    sixteen, seventeen = ATTRS[:MAX_ENUMERATED], ATTRS[:MAX_ENUMERATED + 1]
+    # every attribute in both halves: all of them shared by the top-level "or"
+    ok = f"({' and '.join(sixteen)}) or ({' or '.join(sixteen)})"
+    assert enumerated(parse_expression(ok, ATTRS).root) == MAX_ENUMERATED  # accepted
+    five = ATTRS[:5]  # the same shape, small enough to score here: it is "any of them"
+    probs = np.random.default_rng(4).random((2, 40))
+    np.testing.assert_allclose(
+        parse_expression(f"({' and '.join(five)}) or ({' or '.join(five)})", ATTRS).score(probs),
+        1 - np.prod(1 - probs[:, :5], axis=1), rtol=0, atol=1e-12)
+    bad = f"({' and '.join(seventeen)}) or ({' or '.join(seventeen)})"
+    with pytest.raises(ExpressionError) as info:
+        parse_expression(bad, ATTRS)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f'expression "{bad}"')
+    assert f"enumerates {MAX_ENUMERATED + 1} attributes named more than once" in message
+    # repeats joined lower in the tree are enumerated there, one group at a time
+    pairs = " and ".join(f"({a} or not {a})" for a in ATTRS)
+    np.testing.assert_allclose(parse_expression(pairs, ATTRS).score(probs), 1.0, rtol=0,
+                               atol=1e-12)
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -186,12 +283,13 @@ def test_fuzz_parses_or_raises_expression_error(parts):
         if isinstance(e, ExpressionParseError):
             assert 0 <= e.position <= len(expr)
         return
-    # parsed: its canonical form round-trips, scores are probabilities, and on 0/1
+    # parsed: its canonical form round-trips, scores are the exact probabilities, and on 0/1
     # probabilities the score is exactly the truth value
     assert parse_expression(str(parsed), ATTRS).root == parsed.root
     rng = np.random.default_rng(len(expr))
     probs = rng.random((8, 40))
     score = parsed.score(probs)
     assert score.shape == (8,) and np.all((score >= -1e-12) & (score <= 1 + 1e-12))
+    np.testing.assert_allclose(score, brute_force(expr, probs), rtol=0, atol=1e-12)
     bools = rng.random((8, 40)) < 0.5
     assert np.array_equal(parsed.score(bools.astype(float)) == 1.0, parsed.holds(bools))
