@@ -1,7 +1,8 @@
 """`celebhpo export-best`: the best trial -> checkpoint, model card, TorchScript/ONNX, registry.
 
 The test split is used here and nowhere else in a study: the best COMPLETE trial (by the
-study's own metric and direction) is chosen on validation, then evaluated once on test.
+study's own metric and direction) is chosen on validation, then evaluated once on validation
+and test alike (same code, same thresholds, same unweighted loss) for the model card.
 Everything is built in a temporary folder beside `out` and each exported format is checked
 against the PyTorch model before anything is moved into `out`, so a failure leaves `out`
 as it was.
@@ -23,7 +24,7 @@ import torch
 
 from celebhpo._io import to_jsonable
 from celebhpo.errors import CelebhpoError, StudyError
-from celebhpo.export.card import CARD_FILES, model_card, numbers
+from celebhpo.export.card import CARD_FILES, model_card, split_metrics
 from celebhpo.export.formats import (
     check_inputs,
     export_onnx,
@@ -32,7 +33,8 @@ from celebhpo.export.formats import (
     require_onnx,
 )
 from celebhpo.hpo import load_study, metric_name, require_best_trial
-from celebhpo.inference import EXPORT_FILES, SplitEvaluation, evaluate_test_split
+from celebhpo.inference import EXPORT_FILES, SplitEvaluation
+from celebhpo.inference.evaluate import evaluate_splits
 from celebhpo.report import format_export
 from celebhpo.tracking import Tracker, download_checkpoint, register_model
 from celebhpo.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -50,9 +52,8 @@ class ExportResult:
     metric: str
     value: float
     files: list[Path]
-    val_metrics: dict[str, float]
-    test_metrics: dict[str, dict[str, float]]  # {"tuned": {...}, "at_0.5": {...}}
-    n_test: int
+    # split ("val", "test") -> {"n_images", "loss", "tuned": {...}, "0.5": {...}, "baseline"}
+    metrics: dict[str, dict[str, Any]]
     registered: str | None = None  # "NAME version N (alias best)"
     checks: dict[str, float] = field(default_factory=dict)  # format -> max |diff| of logits
 
@@ -71,10 +72,11 @@ def export_best(
     device: str = "cpu",
     progress: bool = True,
 ) -> ExportResult:
-    """Export the study's best COMPLETE trial into `out`: model.pt (the checkpoint with test
-    metrics added), model_card.md/.json, and model.ts / model.onnx when asked. The checkpoint
-    comes from the trial's MLflow run (user attr `mlflow_run_id`); `register` also registers
-    the export in the MLflow Model Registry under that name with alias `best`."""
+    """Export the study's best COMPLETE trial into `out`: model.pt (the checkpoint with its
+    validation and test metrics added), model_card.md/.json, and model.ts / model.onnx when
+    asked. The checkpoint comes from the trial's MLflow run (user attr `mlflow_run_id`);
+    `register` also registers the export in the MLflow Model Registry under that name with
+    alias `best`."""
     wanted = parse_formats(formats)
     if "onnx" in wanted:
         require_onnx()
@@ -86,21 +88,20 @@ def export_best(
     tracker.check()
     torch_device = resolve_device(device, key="--device")
 
-    # download, evaluate once on test, build and check, publish: in a folder beside `out`
+    # download, evaluate on val and test, build and check, publish: in a folder beside `out`
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         payload = load_checkpoint(download_checkpoint(tracker, chosen.run_id, tmp / "download"))
         model = model_from_checkpoint(payload).to(torch_device).eval()
-        evaluation = evaluate_test_split(model, payload, torch_device, progress)
+        evaluations = evaluate_splits(model, payload, torch_device, ("val", "test"), progress)
         names = _model_files(wanted)
-        checks = _build(tmp / "build", model, payload, evaluation, names, chosen)
+        checks = _build(tmp / "build", model, payload, evaluations, names, chosen)
         card_md, card = model_card(
             payload=payload, study_name=chosen.study.study_name, storage=storage,
             trial=chosen.trial, metric=metric_name(chosen.study),
             direction=chosen.study.direction.name.lower(), run_id=chosen.run_id,
-            tracking_uri=tracker.uri, test_metrics=evaluation.metrics, report=evaluation.report,
-            n_test=evaluation.n_test, files=names, checks=checks,
+            tracking_uri=tracker.uri, evaluations=evaluations, files=names, checks=checks,
         )
         (tmp / "build" / "model_card.md").write_text(card_md, encoding="utf-8")
         (tmp / "build" / "model_card.json").write_text(
@@ -112,8 +113,7 @@ def export_best(
     result = ExportResult(
         out=out, study_name=chosen.study.study_name, trial_number=chosen.trial.number,
         run_id=chosen.run_id, metric=metric_name(chosen.study), value=float(chosen.trial.value),
-        files=files, val_metrics=numbers(payload.get("metrics") or {}),
-        test_metrics=evaluation.metrics, n_test=evaluation.n_test, checks=checks,
+        files=files, metrics=split_metrics(evaluations), checks=checks,
     )
     if register:
         version = register_model(tracker, register, chosen.run_id, out, [f.name for f in files])
@@ -149,23 +149,26 @@ def _model_files(wanted: list[str]) -> list[str]:
 
 
 def _build(build: Path, model: torch.nn.Module, payload: dict[str, Any],
-           evaluation: SplitEvaluation, names: list[str], chosen: _Chosen) -> dict[str, float]:
+           evaluations: dict[str, SplitEvaluation], names: list[str],
+           chosen: _Chosen) -> dict[str, float]:
     """`names` in `build`: model.pt (the checkpoint, now carrying where it came from and its
-    one test evaluation) and the other formats, each checked against `model`; returns
-    format -> max |diff| of logits."""
+    evaluation at export: `val_metrics`, `test_metrics`) and the other formats, each checked
+    against `model`; returns format -> max |diff| of logits."""
     exported = dict(payload)
-    exported["test_metrics"] = evaluation.metrics
+    exported["val_metrics"] = evaluations["val"].metrics
+    exported["test_metrics"] = evaluations["test"].metrics
     exported["export"] = {
         "study": chosen.study.study_name, "trial_number": chosen.trial.number,
         "mlflow_run_id": chosen.run_id, "metric": metric_name(chosen.study),
         "value": float(chosen.trial.value), "params": dict(chosen.trial.params),
-        "n_test": evaluation.n_test,
+        "n_val": evaluations["val"].n_images, "n_test": evaluations["test"].n_images,
         "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     build.mkdir()
     save_checkpoint(build / EXPORT_FILES["torch"], exported)
     checks: dict[str, float] = {}
-    example, check = check_inputs(evaluation.batch, int(payload["config"]["data"]["image_size"]))
+    example, check = check_inputs(evaluations["test"].batch,
+                                  int(payload["config"]["data"]["image_size"]))
     exporters = {"torchscript": export_torchscript, "onnx": export_onnx}
     for fmt, export in exporters.items():
         if EXPORT_FILES[fmt] in names:

@@ -1,5 +1,9 @@
 """The model card of an export: a JSON-able dict (model_card.json) and its markdown
 (model_card.md). Every URL's password is masked: the card is meant to be shared.
+
+Every number says its split (val, test) and its thresholds: "tuned" (the checkpoint's, tuned
+on validation), "0.5", or "baseline" (each attribute's majority class in the train split);
+loss and mAP need no threshold. Validation and test are scored by the same code at export.
 """
 
 from __future__ import annotations
@@ -9,30 +13,39 @@ from typing import Any
 
 import numpy as np
 import optuna
-import pandas as pd
 
 from celebhpo._io import to_jsonable
 from celebhpo.errors import mask_url
 from celebhpo.export.formats import ATOL, RTOL
-from celebhpo.inference import EXPORT_FILES
+from celebhpo.inference import EXPORT_FILES, SplitEvaluation
 
-__all__ = ["CARD_FILES", "model_card", "numbers"]
+__all__ = ["CARD_FILES", "model_card", "split_metrics"]
 
 CARD_FILES = ("model_card.md", "model_card.json")
+SPLITS = ("val", "test")
+COLUMNS = ("tuned", "0.5", "baseline")  # the three ways each split is scored
+THRESHOLD_FREE = ("loss", "map")
+RULE = "an attribute is present when sigmoid(logit) > its threshold"
+
+
+def split_metrics(evaluations: dict[str, SplitEvaluation]) -> dict[str, dict[str, Any]]:
+    """split -> {"n_images", "loss" (unweighted BCE), "tuned", "0.5", "baseline"}."""
+    return {s: {"n_images": ev.n_images, **ev.metrics} for s, ev in evaluations.items()}
 
 
 def model_card(*, payload: dict[str, Any], study_name: str, storage: str,
                trial: optuna.trial.FrozenTrial, metric: str, direction: str, run_id: str,
-               tracking_uri: str, test_metrics: dict[str, Any], report: pd.DataFrame,
-               n_test: int, files: list[str], checks: dict[str, float]
-               ) -> tuple[str, dict[str, Any]]:
-    """(markdown, JSON-able dict) describing the exported model; `report` is the per-class
-    report on test (metrics.per_class_report), `checks` each format's max |diff| of logits."""
+               tracking_uri: str, evaluations: dict[str, SplitEvaluation], files: list[str],
+               checks: dict[str, float]) -> tuple[str, dict[str, Any]]:
+    """(markdown, JSON-able dict) describing the exported model; `evaluations` are its
+    validation and test evaluations (inference.evaluate_splits), `checks` each format's
+    max |diff| of logits."""
     cfg = payload.get("config") or {}
     data = cfg.get("data") or {}
     train = cfg.get("train") or {}
     attributes = [str(a) for a in payload.get("attributes", [])]
     thresholds = [float(t) for t in payload.get("thresholds", [])]
+    tuned_for = train.get("threshold_metric")
     card: dict[str, Any] = {
         "format": "celebhpo-model-card",
         "study": study_name,
@@ -46,33 +59,61 @@ def model_card(*, payload: dict[str, Any], study_name: str, storage: str,
         "data": {k: data.get(k) for k in ("root", "layout", "image_size", "crop", "train_size",
                                           "val_size", "test_size", "subset", "subset_seed")},
         "best_epoch": payload.get("epoch"),
-        "val_metrics": numbers(payload.get("metrics") or {}),
-        "test_metrics": test_metrics,
-        "n_test": n_test,
-        "normalization": payload.get("normalization") or {},
+        "rule": RULE,
+        "definitions": {
+            "tuned": "per-attribute thresholds (`thresholds`) tuned on validation"
+                     + (f" for {tuned_for}" if tuned_for else ""),
+            "0.5": "0.5 for every attribute",
+            "baseline": "each attribute's majority class in the train split's labels, "
+                        "a constant predictor",
+            "loss": "BCEWithLogits, unweighted, mean over images and attributes",
+        },
+        "metrics": split_metrics(evaluations),
         "thresholds": dict(zip(attributes, thresholds, strict=False)),
-        "per_attribute": json.loads(report.to_json(orient="records")),
+        "per_attribute": _per_attribute(evaluations),
+        "reports": {s: json.loads(ev.report.to_json(orient="records"))
+                    for s, ev in evaluations.items()},
+        "normalization": payload.get("normalization") or {},
         "files": files,
         "format_checks": {k: {"max_abs_diff": v, "rtol": RTOL, "atol": ATOL}
                           for k, v in checks.items()},
     }
-    markdown = _markdown(card, payload, trial, report)
+    markdown = _markdown(card, payload, trial)
     return mask_url(markdown), json.loads(mask_url(json.dumps(card, default=to_jsonable)))
 
 
-def _markdown(card: dict[str, Any], payload: dict[str, Any], trial: optuna.trial.FrozenTrial,
-              report: pd.DataFrame) -> str:
+def _per_attribute(evaluations: dict[str, SplitEvaluation]) -> list[dict[str, Any]]:
+    """One record per attribute: its threshold, accuracy per split at tuned / 0.5 / baseline,
+    the test positive rate and the train majority class."""
+    val, test = (evaluations[s].report.set_index("attribute") for s in SPLITS)
+    rows = []
+    for attr in test.index:
+        row: dict[str, Any] = {"attribute": str(attr),
+                               "threshold": float(test.at[attr, "threshold"])}
+        for split, rep in (("val", val), ("test", test)):
+            row[f"{split}_acc_tuned"] = float(rep.at[attr, "accuracy_tuned"])
+            row[f"{split}_acc_0.5"] = float(rep.at[attr, "accuracy"])
+            row[f"{split}_acc_baseline"] = float(rep.at[attr, "accuracy_baseline"])
+        row["test_positive_rate"] = float(test.at[attr, "positive_rate"])
+        row["train_majority_class"] = int(test.at[attr, "majority_class"])
+        rows.append(row)
+    return rows
+
+
+def _markdown(card: dict[str, Any], payload: dict[str, Any],
+              trial: optuna.trial.FrozenTrial) -> str:
     """The card for people: what the model is, its data, its metrics, how to load it."""
     data = (payload.get("config") or {}).get("data") or {}
     train, norm, files = card["train"], card["normalization"], card["files"]
     metric, direction = card["objective"]["metric"], card["objective"]["direction"]
     size, n_attr = data.get("image_size", "S"), len(payload.get("attributes", []))
+    n = {s: card["metrics"][s]["n_images"] for s in SPLITS}
     lines = [
         f"# {card['architecture']} - best trial {trial.number} of study `{card['study']}`",
         "",
-        f"Multi-label classifier of {n_attr} face attributes, chosen by "
-        f"`{metric}` ({direction}) = {float(trial.value):.4f} on validation; evaluated once "
-        f"on the test split ({card['n_test']} images) at export.",
+        f"Multi-label classifier of {n_attr} face attributes, chosen by `{metric}` "
+        f"({direction}) = {float(trial.value):.4f} on validation at its best epoch; evaluated "
+        f"at export on validation ({n['val']} images) and test ({n['test']} images) alike.",
         "",
         "## Model",
         f"- architecture: `{card['architecture']}`, pretrained: `{train.get('pretrained')}`",
@@ -81,7 +122,8 @@ def _markdown(card: dict[str, Any], payload: dict[str, Any], trial: optuna.trial
         f"- head: Linear -> ReLU -> Dropout({train.get('dropout')}) -> Linear; "
         f"num_features = {train.get('num_features')}; logits out, sigmoid per attribute",
         f"- trained: {train.get('epochs')} epochs max, best epoch {payload.get('epoch')}, "
-        f"optimizer {train.get('optimizer')}, lr {train.get('lr')}, batch {train.get('batch_size')}",
+        f"optimizer {train.get('optimizer')}, lr {train.get('lr')}, batch {train.get('batch_size')}"
+        f", class weighting {train.get('class_weighting')}",
         f"- MLflow run `{card['mlflow']['run_id']}` in `{card['mlflow']['tracking_uri']}`; "
         f"study in `{card['storage']}`",
         "",
@@ -93,10 +135,7 @@ def _markdown(card: dict[str, Any], payload: dict[str, Any], trial: optuna.trial
         "scaled to [0, 1], then normalized",
         f"- normalization: mean {norm.get('mean')}, std {norm.get('std')}",
         "",
-        *_metrics_table(card["val_metrics"], card["test_metrics"]),
-        "", "## Per attribute (test split)",
-        "Thresholds were tuned per attribute on validation; F1 and friends at that "
-        "threshold and at 0.5.", "", _markdown_table(report), "",
+        *_metrics_tables(card), "", *_attribute_table(card), "",
         *_how_to_load(size, n_attr, files),
     ]
     lines += [f"- {fmt} checked against PyTorch: max |diff| of logits {v['max_abs_diff']:.1e}"
@@ -105,17 +144,35 @@ def _markdown(card: dict[str, Any], payload: dict[str, Any], trial: optuna.trial
     return "\n".join(lines)
 
 
-def _metrics_table(val: dict[str, float], test_metrics: dict[str, Any]) -> list[str]:
-    """Validation at the best epoch beside test at the tuned thresholds and at 0.5."""
-    tuned, half = test_metrics.get("tuned", {}), test_metrics.get("at_0.5", {})
+def _metrics_tables(card: dict[str, Any]) -> list[str]:
+    """Validation beside test, each at the tuned thresholds, at 0.5 and for the baseline;
+    then the numbers that need no threshold."""
+    m, d = card["metrics"], card["definitions"]
     lines = ["## Metrics",
-             "| metric | validation (best epoch) | test, tuned thresholds | test, 0.5 |",
-             "|---|---|---|---|"]
-    lines += [f"| {k} | {_fmt(val.get(f'val_{k}', val.get(k)))} | {_fmt(tuned[k])} | "
-              f"{_fmt(half[k])} |" for k in tuned if k in half]
-    if "loss" in test_metrics:
-        lines.append(f"| loss (unweighted BCE on test) | {_fmt(val.get('val_loss'))} | "
-                     f"{_fmt(test_metrics['loss'])} | |")
+             f"Thresholds: **tuned** = {d['tuned']}; **0.5** = {d['0.5']}; {RULE}. "
+             f"**baseline** = {d['baseline']}.", "",
+             "| metric | " + " | ".join(f"{s}, {c}" for s in SPLITS for c in COLUMNS) + " |",
+             "|---" * (1 + len(SPLITS) * len(COLUMNS)) + "|"]
+    keys = [k for k in m["test"]["tuned"] if k not in THRESHOLD_FREE]
+    lines += ["| " + " | ".join([k, *(_fmt(m[s][c].get(k)) for s in SPLITS for c in COLUMNS)])
+              + " |" for k in keys]
+    lines += ["", "| no threshold | " + " | ".join(SPLITS) + " |", "|---|---|---|",
+              "| loss (BCE, unweighted) | " + " | ".join(_fmt(m[s]["loss"]) for s in SPLITS)
+              + " |",
+              "| map | " + " | ".join(_fmt(m[s]["tuned"]["map"]) for s in SPLITS) + " |"]
+    return lines
+
+
+def _attribute_table(card: dict[str, Any]) -> list[str]:
+    """Per attribute: its tuned threshold and accuracy on both splits at both thresholds."""
+    heads = ["attribute", "threshold (tuned)", "val acc, tuned", "val acc, 0.5",
+             "test acc, tuned", "test acc, 0.5", "test acc, baseline", "test positive rate"]
+    keys = ["attribute", "threshold", "val_acc_tuned", "val_acc_0.5", "test_acc_tuned",
+            "test_acc_0.5", "test_acc_baseline", "test_positive_rate"]
+    lines = ["## Per attribute", "",
+             "| " + " | ".join(heads) + " |", "|---" * len(heads) + "|"]
+    lines += ["| " + " | ".join(_fmt(row[k]) for k in keys) + " |"
+              for row in card["per_attribute"]]
     return lines
 
 
@@ -123,12 +180,12 @@ def _how_to_load(size: Any, n_attr: int, files: list[str]) -> list[str]:
     lines = ["## How to load",
              "```bash",
              "celebhpo predict DIR face.jpg            # DIR = this folder",
-             "celebhpo evaluate DIR data/celeba --split test",
+             "celebhpo evaluate DIR data/celeba --split test --threshold tuned",
              "```",
              "```python",
              "from celebhpo.inference import load_model, predict",
              "model = load_model('DIR')                # or backend='torchscript' / 'onnx'",
-             "result = predict(model, ['face.jpg'])",
+             "result = predict(model, ['face.jpg'])   # threshold='tuned' | '0.5' | 0.3",
              "",
              "import torch                             # without celebhpo",
              "from celebhpo.training.checkpoint import load_checkpoint, model_from_checkpoint",
@@ -136,7 +193,7 @@ def _how_to_load(size: Any, n_attr: int, files: list[str]) -> list[str]:
              "net = model_from_checkpoint(ckpt)        # eval mode",
              "```",
              f"Inputs: float32 (B, 3, {size}, {size}), preprocessed as above. Outputs: logits "
-             f"(B, {n_attr}); `sigmoid(logits) >= thresholds` gives the attributes "
+             f"(B, {n_attr}); `sigmoid(logits) > thresholds` gives the attributes "
              "present (thresholds in model_card.json, in attribute order)."]
     if EXPORT_FILES["torchscript"] in files:
         lines.append("TorchScript: `torch.jit.load('DIR/model.ts')`.")
@@ -146,23 +203,9 @@ def _how_to_load(size: Any, n_attr: int, files: list[str]) -> list[str]:
     return lines
 
 
-def _markdown_table(report: pd.DataFrame) -> str:
-    cols = list(report.columns)
-    rows = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    rows += ["| " + " | ".join(_fmt(v) for v in rec) + " |"
-             for rec in report.itertuples(index=False)]
-    return "\n".join(rows)
-
-
 def _fmt(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float | np.floating):
         return f"{float(value):.4f}"
     return str(value)
-
-
-def numbers(d: dict[str, Any]) -> dict[str, float]:
-    """The numeric entries of `d` as floats (booleans are not numbers here)."""
-    return {k: float(v) for k, v in d.items()
-            if isinstance(v, int | float | np.number) and not isinstance(v, bool)}

@@ -5,7 +5,7 @@ The rest of celebhpo uses only the names below; their text views live in celebhp
 
 from __future__ import annotations
 
-from celebhpo.inference.evaluate import SplitEvaluation, evaluate, evaluate_test_split
+from celebhpo.inference.evaluate import SplitEvaluation, evaluate, evaluate_splits
 from celebhpo.inference.expr import Expression, parse_expression
 from celebhpo.inference.predict import PredictionResult, predict
 from celebhpo.inference.predictor import EXPORT_FILES, Predictor, load_model
@@ -13,6 +13,6 @@ from celebhpo.inference.retrieve import RetrievalResult, retrieve
 
 __all__ = [
     "EXPORT_FILES", "Expression", "PredictionResult", "Predictor", "RetrievalResult",
-    "SplitEvaluation", "evaluate", "evaluate_test_split", "load_model", "parse_expression",
+    "SplitEvaluation", "evaluate", "evaluate_splits", "load_model", "parse_expression",
     "predict", "retrieve",
 ]

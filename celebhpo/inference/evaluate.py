@@ -1,10 +1,11 @@
 """Evaluating a model on labelled CelebA images, scored one way (`score`): metrics at the
-checkpoint's tuned thresholds and at 0.5, and the per-class report.
+chosen thresholds (the checkpoint's tuned ones unless told otherwise) and at 0.5, and the
+per-class report.
 
 - `evaluate`: any CelebA-layout folder's split, image files through the Predictor
   (`celebhpo evaluate`);
-- `evaluate_test_split`: the study's own test subset, decoded like training did, with the
-  unweighted test loss: export-best's one look at the test split.
+- `evaluate_splits`: the study's own validation and test subsets, decoded like training did,
+  with the unweighted loss and the majority-class baseline: export-best's evaluation.
 """
 
 from __future__ import annotations
@@ -21,37 +22,53 @@ import torch
 
 from celebhpo._io import atomic_write
 from celebhpo.config import StudyConfig
-from celebhpo.data import BatchLoader, load_data, read_celeba, select_split
-from celebhpo.errors import CheckpointError, DataError, StudyError, mask_url
-from celebhpo.inference.predict import predict_paths
+from celebhpo.data import BatchLoader, SplitData, load_data, read_celeba, select_split
+from celebhpo.errors import CheckpointError, DataError
+from celebhpo.inference.predict import HALF, predict_paths, resolve_thresholds
 from celebhpo.inference.predictor import Predictor, load_model
 from celebhpo.report import report_to_dict
 from celebhpo.training.loop import evaluate as evaluate_batches
 from celebhpo.training.metrics import compute_metrics, per_class_report
 
-__all__ = ["SplitEvaluation", "evaluate", "evaluate_test_split", "score"]
+__all__ = ["SplitEvaluation", "baseline_metrics", "evaluate", "evaluate_splits",
+           "majority_classes", "score", "score_split"]
 
 EVALUATION_FILES = ("metrics.json", "classification_report.csv", "classification_report.json")
 
 
 def score(probs: np.ndarray, targets: np.ndarray, attributes: list[str],
-          thresholds: np.ndarray) -> tuple[dict[str, dict[str, float]], pd.DataFrame]:
-    """({"tuned": metrics, "at_0.5": metrics}, per-class report at `thresholds`)."""
-    tuned = compute_metrics(probs, targets, thresholds=thresholds)
+          thresholds: np.ndarray, label: str = "tuned",
+          ) -> tuple[dict[str, dict[str, float]], pd.DataFrame]:
+    """({label: metrics at `thresholds`, "0.5": metrics at 0.5}, per-class report).
+
+    The report's plain columns are at 0.5 and its `*_tuned` columns at `thresholds`; when
+    those are not the tuned ones the columns say which they are (`f1_at_0.3`)."""
+    chosen = compute_metrics(probs, targets, thresholds=thresholds)
     at_half = compute_metrics(probs, targets, thresholds=0.5)
     report = per_class_report(probs, targets, attributes, thresholds)
-    return ({"tuned": {k: float(v) for k, v in tuned.items()},
-             "at_0.5": {k: float(v) for k, v in at_half.items()}}, report)
+    if label != "tuned":
+        report = report.rename(columns={c: c.removesuffix("_tuned") + f"_at_{label}"
+                                        for c in report.columns if c.endswith("_tuned")})
+    return {label: _floats(chosen), HALF: _floats(at_half)}, report
+
+
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
 
 
 # -- a CelebA folder -------------------------------------------------------------------------
 def evaluate(model: Predictor | str | Path, data_root: str | Path, split: str = "test",
-             out_dir: str | Path | None = None, *, layout: str = "auto", batch_size: int = 256,
+             out_dir: str | Path | None = None, *, threshold: str | float = "tuned",
+             layout: str = "auto", batch_size: int = 256,
              progress: bool = True) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Metrics (at the checkpoint's tuned thresholds and at 0.5) and the per-class report of
-    `model` on one split of any CelebA-layout folder. Writes metrics.json and
-    classification_report.csv/.json to `out_dir` when given."""
+    """Metrics (at `threshold`: the checkpoint's tuned thresholds, 0.5 or a number; and at 0.5)
+    and the per-class report of `model` on one split of any CelebA-layout folder. Writes
+    metrics.json and classification_report.csv/.json to `out_dir` when given.
+
+    `metrics["threshold"]` names the chosen thresholds and is the key of their metrics
+    (`metrics["tuned"]`, `metrics["0.3"]`); `metrics["0.5"]` holds those at 0.5."""
     predictor = model if isinstance(model, Predictor) else load_model(model)
+    thresholds, label = resolve_thresholds(predictor, threshold)  # a bad value fails first
     data_root = Path(data_root)
     ds = read_celeba(data_root, layout=layout)
     missing = [a for a in predictor.attributes if a not in ds.attributes]
@@ -71,13 +88,14 @@ def evaluate(model: Predictor | str | Path, data_root: str | Path, split: str = 
     columns = [ds.attributes.index(a) for a in predictor.attributes]
     targets = np.asarray(ds.labels)[rows[kept]][:, columns].astype(np.float32)  # (N, 40)
 
-    scores, report = score(probs, targets, predictor.attributes, predictor.thresholds)
+    scores, report = score(probs, targets, predictor.attributes, thresholds, label)
     metrics: dict[str, Any] = {
         "model": str(predictor.source),
         "data_root": str(data_root),
         "split": split,
         "n_images": len(kept),
         "skipped": [[paths[i].name, reason] for i, reason in bad],
+        "threshold": label,
         **scores,
     }
     if out_dir is not None:
@@ -95,43 +113,81 @@ def _write(out: Path, metrics: dict[str, Any], report: pd.DataFrame) -> list[str
     return [str(out / n) for n in EVALUATION_FILES]
 
 
-# -- the study's test split, at export -------------------------------------------------------
+# -- the study's own splits, at export -------------------------------------------------------
+def majority_classes(train_labels: np.ndarray) -> np.ndarray:
+    """(A,) 0/1: each attribute's majority class in the train labels (ties: absent)."""
+    return (np.asarray(train_labels, dtype=np.float64).mean(0) > 0.5).astype(np.int64)
+
+
+def baseline_metrics(majority: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """The metrics of always answering `majority` (a constant predictor one could ship)."""
+    constant = np.broadcast_to(np.asarray(majority, dtype=np.float64), np.shape(targets))
+    return _floats(compute_metrics(constant, targets, thresholds=0.5))
+
+
 @dataclass
 class SplitEvaluation:
-    """What export-best learns from its one look at the test split."""
+    """What export-best learns from one look at one of the study's splits."""
 
-    metrics: dict[str, Any]  # {"loss": unweighted BCE, "tuned": {...}, "at_0.5": {...}}
-    report: pd.DataFrame  # per-class, at the checkpoint's thresholds
-    n_test: int
-    batch: torch.Tensor  # (<=8, 3, S, S) normalized test images: real inputs to check formats
+    split: str  # "val" or "test"
+    # {"loss": unweighted BCE, "tuned": {...}, "0.5": {...}, "baseline": {...}}
+    metrics: dict[str, Any]
+    # per-class at 0.5 and the checkpoint's thresholds, + majority_class, accuracy_baseline
+    report: pd.DataFrame
+    n_images: int
+    batch: torch.Tensor  # (<=8, 3, S, S) normalized images: real inputs to check formats
 
 
-def evaluate_test_split(model: torch.nn.Module, payload: dict[str, Any], device: torch.device,
-                        progress: bool = True) -> SplitEvaluation:
-    """`model` (built from checkpoint `payload`) on the test subset its study config selects,
-    decoded and normalized exactly as in training."""
+def evaluate_splits(model: torch.nn.Module, payload: dict[str, Any], device: torch.device,
+                    splits: tuple[str, ...] = ("val", "test"),
+                    progress: bool = True) -> dict[str, SplitEvaluation]:
+    """`model` (built from checkpoint `payload`) on the subsets its study config selects,
+    decoded and normalized exactly as in training, each scored at the checkpoint's thresholds,
+    at 0.5 and against the train split's majority classes."""
     cfg = StudyConfig.from_dict(copy.deepcopy(payload["config"]), source="checkpoint config")
     attributes = [str(a) for a in payload["attributes"]]
-    data = load_data(cfg.data, splits=("test",), progress=progress)
-    test = data.splits["test"]
-    if len(test.labels) == 0:
-        raise StudyError(f"{mask_url(str(data.root))}: the test split has no images; "
-                         "export-best evaluates the model on it")
+    data = load_data(cfg.data, splits=splits, progress=progress)
     if list(data.attributes) != attributes:
         missing = [a for a in attributes if a not in data.attributes]
         raise CheckpointError(
             f"{data.root}: its attributes differ from the checkpoint's "
             f"({', '.join(missing[:5]) or 'order differs'}); export from the study's data"
         )
-    norm = payload["normalization"]
-    loader = BatchLoader(test.images, test.labels, cfg.train.eval_batch_size, shuffle=False,
+    # labels only: the train images are never decoded for a constant predictor
+    ds = read_celeba(cfg.data.root, cfg.data.layout)
+    train = select_split(ds, "train", cfg.data.split_size("train"), cfg.data.subset,
+                         cfg.data.subset_seed)
+    majority = majority_classes(ds.labels[train])
+    thresholds = np.asarray(payload["thresholds"], dtype=np.float64)
+    return {s: _evaluate_one(model, data.splits[s], cfg, payload["normalization"], device,
+                             attributes, thresholds, majority) for s in splits}
+
+
+def _evaluate_one(model: torch.nn.Module, split: SplitData, cfg: StudyConfig,
+                  norm: dict[str, Any], device: torch.device, attributes: list[str],
+                  thresholds: np.ndarray, majority: np.ndarray) -> SplitEvaluation:
+    loader = BatchLoader(split.images, split.labels, cfg.train.eval_batch_size, shuffle=False,
                          flip=False, mean=tuple(norm["mean"]), std=tuple(norm["std"]),
                          device=device)
-    # unweighted BCE: the training loss's class weights came from the train split
+    # plain BCE, mean over images and attributes: the same on every split, whatever class
+    # weighting training used (its weights came from the train split)
     result = evaluate_batches(model, loader, torch.nn.BCEWithLogitsLoss())
-    thresholds = np.asarray(payload["thresholds"], dtype=np.float64)
-    scores, report = score(np.asarray(result.probs), np.asarray(result.targets), attributes,
-                           thresholds)
     x, _ = next(iter(loader))  # (B, 3, S, S)
-    return SplitEvaluation(metrics={"loss": float(result.loss), **scores}, report=report,
-                          n_test=len(test.labels), batch=x[:8].detach().float().cpu())
+    return score_split(split.name, np.asarray(result.probs), np.asarray(result.targets),
+                       attributes, thresholds, majority, loss=float(result.loss),
+                       batch=x[:8].detach().float().cpu())
+
+
+def score_split(split: str, probs: np.ndarray, targets: np.ndarray, attributes: list[str],
+                thresholds: np.ndarray, majority: np.ndarray, loss: float,
+                batch: torch.Tensor) -> SplitEvaluation:
+    """One split's (N, 40) probabilities scored at `thresholds` ("tuned"), at 0.5 and against
+    the constant `majority` ("baseline"); the report gains majority_class and
+    accuracy_baseline columns."""
+    scores, report = score(probs, targets, attributes, thresholds)
+    report["majority_class"] = majority
+    report["accuracy_baseline"] = ((np.asarray(targets) > 0.5) == majority[None, :]).mean(0)
+    metrics = {"loss": loss, **scores, "baseline": baseline_metrics(majority, targets)}
+    return SplitEvaluation(split=split, metrics=metrics, report=report,
+                           n_images=len(probs), batch=batch)
+

@@ -20,10 +20,11 @@ from celebhpo.data import load_image
 from celebhpo.errors import CelebhpoError, DataError
 from celebhpo.inference.predictor import Predictor
 
-__all__ = ["IMAGE_SUFFIXES", "PredictionResult", "list_images", "predict", "predict_paths",
-           "resolve_thresholds"]
+__all__ = ["HALF", "IMAGE_SUFFIXES", "PredictionResult", "list_images", "predict",
+           "predict_paths", "resolve_thresholds"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+HALF = "0.5"  # the label of 0.5 for every attribute, beside "tuned"
 
 
 @dataclass
@@ -52,7 +53,10 @@ class PredictionResult:
 
 
 def resolve_thresholds(predictor: Predictor, threshold: str | float) -> tuple[np.ndarray, str]:
-    """"tuned" -> the checkpoint's per-attribute thresholds; "0.5" / 0.3 -> that for all."""
+    """(thresholds (40,), label): "tuned" -> the checkpoint's per-attribute thresholds (tuned
+    on validation); "0.5" / 0.3 -> that for every attribute, labelled "0.5" / "0.3".
+
+    predict, evaluate and retrieve (`--threshold`) all choose their thresholds here."""
     if isinstance(threshold, str) and threshold.strip().lower() == "tuned":
         return predictor.thresholds.copy(), "tuned"
     try:

@@ -20,14 +20,19 @@ import pandas as pd
 from celebhpo._io import atomic_open
 from celebhpo.errors import CelebhpoError, DataError
 from celebhpo.inference.expr import Expression, parse_expression
-from celebhpo.inference.predict import IMAGE_SUFFIXES, list_images, predict_paths
+from celebhpo.inference.predict import (
+    IMAGE_SUFFIXES,
+    list_images,
+    predict_paths,
+    resolve_thresholds,
+)
 from celebhpo.inference.predictor import Predictor
 from celebhpo.inference.sheet import contact_sheet
 
 __all__ = ["FolderPredictions", "RetrievalResult", "cache_dir", "predict_folder", "rank",
            "retrieve"]
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: images decoded upright (EXIF) and 16-bit scaled
 # one file's cache entry: size, mtime in ns, (40,) probabilities or None, why unreadable
 Entry = tuple[int, int, np.ndarray | None, str]
 
@@ -42,6 +47,7 @@ class RetrievalResult:
     n_cached: int
     skipped: list[tuple[str, str]]
     cache_path: Path | None
+    threshold_label: str = "tuned"  # the thresholds "present" used: "tuned", "0.5", "0.3"...
     sheet: Path | None = None
 
 
@@ -57,26 +63,30 @@ class FolderPredictions:
 
 def retrieve(predictor: Predictor, image_dir: str | Path, where: str, top: int = 10,
              min_score: float = 0.0, sheet: str | Path | None = None, progress: bool = True,
-             batch_size: int = 64) -> RetrievalResult:
-    """The images in `image_dir` whose thresholded predictions satisfy `where`, ranked by the
+             batch_size: int = 64, threshold: str | float = "tuned") -> RetrievalResult:
+    """The images in `image_dir` whose predictions, thresholded at `threshold` (the
+    checkpoint's tuned thresholds, 0.5 or a number), satisfy `where`, ranked by the
     expression's probability (attributes taken as independent); `top` <= 0 keeps all."""
-    expr = parse_expression(where, predictor.attributes)  # fail on a typo before predicting
+    # fail on a typo or a bad number before predicting
+    expr = parse_expression(where, predictor.attributes)
+    thresholds, label = resolve_thresholds(predictor, threshold)
     if not 0.0 <= min_score <= 1.0:
         raise CelebhpoError(f"min_score must be between 0 and 1, got {min_score}")
     folder = Path(image_dir)
     got = predict_folder(predictor, folder, batch_size=batch_size, progress=progress)
-    frame, n_matches = rank(expr, got.names, got.probs, predictor.attributes,
-                            predictor.thresholds, top=top, min_score=min_score)
+    frame, n_matches = rank(expr, got.names, got.probs, predictor.attributes, thresholds,
+                            top=top, min_score=min_score)
     frame.insert(0, "image", [str(folder / n) for n in frame.pop("image")])
     result = RetrievalResult(frame=frame, expression=str(expr), n_images=len(got.names),
                              n_matches=n_matches, n_predicted=got.n_predicted,
                              n_cached=got.n_cached, skipped=got.skipped,
-                             cache_path=got.cache_path)
+                             cache_path=got.cache_path, threshold_label=label)
     if sheet is not None:
         captions = [f"{s:.3f}  {Path(p).name}" for p, s in zip(frame["image"], frame["score"],
                                                             strict=True)]
-        result.sheet = contact_sheet(list(frame["image"]), captions, sheet,
-                                     title=f"{expr}  ({n_matches} of {len(got.names)} match)")
+        result.sheet = contact_sheet(
+            list(frame["image"]), captions, sheet,
+            title=f"{expr}  ({n_matches} of {len(got.names)} match, {label} thresholds)")
     return result
 
 

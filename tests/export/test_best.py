@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -18,6 +17,7 @@ from celebhpo.export.best import _publish, export_best
 from celebhpo.export.card import model_card
 from celebhpo.export.formats import export_onnx, export_torchscript, parse_formats
 from celebhpo.hpo import require_best_trial
+from celebhpo.inference.evaluate import majority_classes, score_split
 
 SECRET = "postgresql+psycopg2://alice:hunter2@db.example/optuna"
 
@@ -174,44 +174,105 @@ def test_unknown_study_is_a_study_error(tmp_path):
     assert not (tmp_path / "best").exists()
 
 
-def test_model_card_content_and_masking():
+def _card(attributes: list[str], seed: int = 0, secret: str = SECRET) -> tuple[str, dict, dict]:
+    """A model card from real scoring of random probabilities: (markdown, card, inputs)."""
+    rng = np.random.default_rng(seed)
+    n_attr = len(attributes)
+    train = (rng.random((50, n_attr)) < np.linspace(0.2, 0.8, n_attr)).astype(np.float32)
+    thresholds = rng.uniform(0.3, 0.7, n_attr).round(3)
+    majority = majority_classes(train)
+    splits = {}
+    for k, split in enumerate(("val", "test")):
+        targets = (rng.random((40 + 10 * k, n_attr)) < 0.4).astype(np.float32)
+        probs = (0.3 * targets + 0.7 * rng.random(targets.shape)).astype(np.float32)
+        splits[split] = (probs, targets)
+    evaluations = {s: score_split(s, p, t, attributes, thresholds, majority, loss=0.25 + k,
+                                  batch=torch.zeros(1, 3, 4, 4))
+                   for k, (s, (p, t)) in enumerate(splits.items())}
     study = _study_with([("COMPLETE", 0.31)], "minimize")
-    trial = study.trials[0]
-    attributes = ["Eyeglasses", "Male"]
     payload = {
-        "arch": "tiny", "epoch": 3, "attributes": attributes, "thresholds": [0.3, 0.6],
+        "arch": "tiny", "epoch": 3, "attributes": attributes,
+        "thresholds": thresholds.tolist(),
         "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
         "metrics": {"val_loss": 0.31, "val_mean_acc": 0.8, "val_map": 0.7},
-        "config": {"data": {"root": f"/data/{SECRET}", "image_size": 32, "crop": "squash",
+        "config": {"data": {"root": f"/data/{secret}", "image_size": 32, "crop": "squash",
                             "layout": "kaggle"},
                    "train": {"arch": "tiny", "lr": 0.1, "dropout": 0.3, "num_features": 64,
-                             "pretrained": "none", "epochs": 3}},
+                             "pretrained": "none", "epochs": 3, "threshold_metric": "accuracy"}},
     }
-    report = pd.DataFrame({"attribute": attributes, "f1": [0.5, 0.9], "support": [3, 7]})
     md, card = model_card(
-        payload=payload, study_name="grid", storage=SECRET, trial=trial, metric="val_loss",
-        direction="minimize", run_id="abc123", tracking_uri="http://bob:pw123@mlflow:5000",
-        test_metrics={"loss": 0.4, "tuned": {"mean_acc": 0.81, "map": 0.71},
-                      "at_0.5": {"mean_acc": 0.79, "map": 0.71}},
-        report=report, n_test=10, files=["model.pt", "model.ts"], checks={"torchscript": 1e-7},
+        payload=payload, study_name="grid", storage=secret, trial=study.trials[0],
+        metric="val_loss", direction="minimize", run_id="abc123",
+        tracking_uri="http://bob:pw123@mlflow:5000", evaluations=evaluations,
+        files=["model.pt", "model.ts"], checks={"torchscript": 1e-7},
     )
+    return md, card, {"splits": splits, "thresholds": thresholds, "majority": majority}
+
+
+def test_model_card_content_and_masking():
+    md, card, _ = _card(["Eyeglasses", "Male"])
     everything = md + json.dumps(card)
     assert "hunter2" not in everything and "pw123" not in everything
     assert "alice:***@" in md and "bob:***@" in md
     assert card["architecture"] == "tiny"
     assert card["objective"] == {"metric": "val_loss", "direction": "minimize", "value": 0.31}
-    assert card["thresholds"] == {"Eyeglasses": 0.3, "Male": 0.6}
-    assert card["per_attribute"][1] == {"attribute": "Male", "f1": 0.9, "support": 7}
-    assert card["test_metrics"]["tuned"]["mean_acc"] == 0.81
+    assert list(card["thresholds"]) == ["Eyeglasses", "Male"]
     assert card["normalization"]["std"] == [0.25, 0.25, 0.25]
-    assert "| mean_acc | 0.8000 | 0.8100 | 0.7900 |" in md
-    assert "| Male | 0.9000 | 7 |" in md
     assert "torch.jit.load('DIR/model.ts')" in md and "onnxruntime" not in md
     assert "resized to 32x32" in md
+    # the decision rule is the one predict uses: strictly above the threshold
+    assert "`sigmoid(logits) > thresholds`" in md and ">=" not in md
+
+
+def test_model_card_scores_val_and_test_at_both_thresholds_and_the_baseline():
+    """Every number of model_card.json against sklearn on the same probabilities."""
+    from sklearn.metrics import accuracy_score
+
+    attributes = ["Eyeglasses", "Male", "Smiling", "Wavy_Hair"]
+    md, card, given = _card(attributes, seed=3)
+    th, majority = given["thresholds"], given["majority"]
+    assert set(card["metrics"]) == {"val", "test"}
+    rows = {r["attribute"]: r for r in card["per_attribute"]}
+    for split, (probs, targets) in given["splits"].items():
+        m = card["metrics"][split]
+        assert set(m) == {"n_images", "loss", "tuned", "0.5", "baseline"}
+        assert m["n_images"] == len(probs)
+        acc = {label: [accuracy_score(targets[:, j], probs[:, j] > cut[j])
+                       for j in range(len(attributes))]
+               for label, cut in (("tuned", th), ("0.5", np.full(len(th), 0.5)))}
+        acc["baseline"] = [accuracy_score(targets[:, j], np.full(len(probs), majority[j]))
+                           for j in range(len(attributes))]
+        for label, per_attr in acc.items():
+            assert m[label]["mean_acc"] == pytest.approx(np.mean(per_attr), abs=1e-12), label
+            for j, a in enumerate(attributes):
+                assert rows[a][f"{split}_acc_{label}"] == pytest.approx(per_attr[j]), (a, label)
+        # the three differ, so a mixed-up label would show
+        assert len({round(m[c]["mean_acc"], 9) for c in ("tuned", "0.5", "baseline")}) == 3
+    assert [rows[a]["threshold"] for a in attributes] == pytest.approx(th)
+    test_targets = given["splits"]["test"][1]
+    assert [rows[a]["test_positive_rate"] for a in attributes] == pytest.approx(
+        test_targets.mean(0))
+    # the markdown says split and thresholds in every column, loss on both splits
+    assert ("| metric | val, tuned | val, 0.5 | val, baseline | test, tuned | test, 0.5 | "
+            "test, baseline |") in md
+    mean = card["metrics"]
+    assert (f"| mean_acc | {mean['val']['tuned']['mean_acc']:.4f} | "
+            f"{mean['val']['0.5']['mean_acc']:.4f} | {mean['val']['baseline']['mean_acc']:.4f} | "
+            f"{mean['test']['tuned']['mean_acc']:.4f} | {mean['test']['0.5']['mean_acc']:.4f} | "
+            f"{mean['test']['baseline']['mean_acc']:.4f} |") in md
+    assert "| loss (BCE, unweighted) | 0.2500 | 1.2500 |" in md
+    assert ("| attribute | threshold (tuned) | val acc, tuned | val acc, 0.5 | test acc, tuned | "
+            "test acc, 0.5 | test acc, baseline | test positive rate |") in md
+    r = rows["Male"]
+    assert (f"| Male | {r['threshold']:.4f} | {r['val_acc_tuned']:.4f} | {r['val_acc_0.5']:.4f} "
+            f"| {r['test_acc_tuned']:.4f} | {r['test_acc_0.5']:.4f} | "
+            f"{r['test_acc_baseline']:.4f} | {r['test_positive_rate']:.4f} |") in md
+    assert "tuned on validation for accuracy" in md
 
 
 # -- end to end: a tiny real study, exported ---------------------------------------------------
-def _tiny_study(tmp_path, synth_root, name: str, *, optimize_it: bool = True) -> tuple[str, str]:
+def _tiny_study(tmp_path, synth_root, name: str, *, optimize_it: bool = True,
+                space: str = "lr = [0.003, 0.03]") -> tuple[str, str]:
     from celebhpo.config import load_study_file
     from celebhpo.hpo import create_study, optimize
     from tests.helpers import write_study
@@ -219,7 +280,7 @@ def _tiny_study(tmp_path, synth_root, name: str, *, optimize_it: bool = True) ->
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     cfg = load_study_file(write_study(tmp_path / f"{name}.toml", synth_root, name=name,
-                                      space="lr = [0.003, 0.03]"))
+                                      space=space))
     create_study(cfg, storage=storage, grid=True, tracking_uri=tracking)
     if optimize_it:
         optimize(study_name=name, storage=storage, device="cpu", progress=False,
@@ -227,14 +288,57 @@ def _tiny_study(tmp_path, synth_root, name: str, *, optimize_it: bool = True) ->
     return storage, tracking
 
 
+def _independent_scores(out: Path) -> dict[str, dict]:
+    """The exported model on the study's val and test subsets, scored here with numpy and
+    sklearn: logits, per-attribute accuracy at its thresholds / 0.5 / train majority, BCE."""
+    from sklearn.metrics import accuracy_score
+
+    from celebhpo.config import StudyConfig
+    from celebhpo.data import load_data, normalize, read_celeba, select_split
+    from celebhpo.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(out / "model.pt")
+    cfg = StudyConfig.from_dict(ckpt["config"], source="test")
+    model = model_from_checkpoint(ckpt).eval()
+    data = load_data(cfg.data, splits=("val", "test"), progress=False)
+    ds = read_celeba(cfg.data.root)
+    train = ds.labels[select_split(ds, "train", cfg.data.train_size)]
+    majority = (train.mean(0) > 0.5).astype(int)
+    th = np.asarray(ckpt["thresholds"])
+    norm = ckpt["normalization"]
+    got = {}
+    for split in ("val", "test"):
+        x = normalize(torch.from_numpy(np.array(data[split].images)), norm["mean"], norm["std"])
+        with torch.no_grad():
+            z = model(x).double().numpy()  # (N, 40) logits
+        y = data[split].labels.astype(np.float64)
+        p = 1 / (1 + np.exp(-z))
+        bce = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))  # per element
+        pos, neg = train.sum(0), len(train) - train.sum(0)
+        weight = np.where((pos > 0) & (neg > 0), neg / np.maximum(pos, 1), 1.0)  # pos_weight
+        weighted = weight * y * np.log1p(np.exp(-z)) + (1 - y) * np.log1p(np.exp(z))
+        got[split] = {
+            "n": len(y), "loss": bce.mean(), "weighted_loss": weighted.mean(),
+            "tuned": [accuracy_score(y[:, j], p[:, j] > th[j]) for j in range(40)],
+            "0.5": [accuracy_score(y[:, j], p[:, j] > 0.5) for j in range(40)],
+            "baseline": [accuracy_score(y[:, j], np.full(len(y), majority[j]))
+                         for j in range(40)],
+        }
+    return got
+
+
 def test_export_best_end_to_end(tmp_path, synth_root):
+    from click.testing import CliRunner
     from mlflow import MlflowClient
 
+    from celebhpo.cli import cli
     from celebhpo.hpo.studies import load_study
     from celebhpo.inference import load_model, predict
     from celebhpo.training.checkpoint import load_checkpoint
 
-    storage, tracking = _tiny_study(tmp_path, synth_root, "e2e")
+    # trained with a weighted loss: the card's loss rows must still be plain BCE
+    storage, tracking = _tiny_study(tmp_path, synth_root, "e2e",
+                                    space='lr = [0.003, 0.03]\nclass_weighting = ["pos_weight"]')
     study, _ = load_study("e2e", storage)
     best = study.best_trial
     out = tmp_path / "best"
@@ -243,19 +347,38 @@ def test_export_best_end_to_end(tmp_path, synth_root):
                          device="cpu", progress=False)
     assert result.trial_number == best.number
     assert result.run_id == best.user_attrs["mlflow_run_id"]
-    assert result.n_test == 30
+    assert result.metrics["test"]["n_images"] == 30 == result.metrics["val"]["n_images"]
     assert sorted(p.name for p in out.iterdir()) == [
         "model.onnx", "model.pt", "model.ts", "model_card.json", "model_card.md"]
     assert [p.parent.name for p in tmp_path.iterdir() if p.name.startswith(".best.tmp")] == []
     ckpt = load_checkpoint(out / "model.pt")
     assert ckpt["export"]["trial_number"] == best.number
-    assert 0.0 <= ckpt["test_metrics"]["tuned"]["mean_acc"] <= 1.0
+    assert ckpt["test_metrics"] == {k: v for k, v in result.metrics["test"].items()
+                                    if k != "n_images"}
     assert set(result.checks) == {"torchscript", "onnx"}
     card = json.loads((out / "model_card.json").read_text())
-    assert card["trial_number"] == best.number and card["n_test"] == 30
+    assert card["trial_number"] == best.number
     assert card["objective"]["metric"] == "val_loss"
     assert len(card["per_attribute"]) == 40 and len(card["thresholds"]) == 40
-    assert "e2e" in result.summary() and "registered celebhpo-e2e version 1" in result.summary()
+    summary = result.summary()
+    assert "\n" not in summary and "registered celebhpo-e2e version 1" in summary
+
+    # the card's numbers, recomputed here from the exported model: same thresholds on both
+    # splits, the train majority as baseline, plain (unweighted) BCE on both splits
+    mine = _independent_scores(out)
+    for split in ("val", "test"):
+        m = card["metrics"][split]
+        assert m["n_images"] == mine[split]["n"] == 30
+        for label in ("tuned", "0.5", "baseline"):
+            assert m[label]["mean_acc"] == pytest.approx(np.mean(mine[split][label]), abs=1e-9)
+            assert [r[f"{split}_acc_{label}"] for r in card["per_attribute"]] == pytest.approx(
+                mine[split][label], abs=1e-9)
+        assert m["loss"] == pytest.approx(mine[split]["loss"], rel=1e-5)
+        assert abs(m["loss"] - mine[split]["weighted_loss"]) > 1e-3  # not the training loss
+        assert ckpt[f"{split}_metrics"]["loss"] == m["loss"]
+    assert (f"test mean accuracy {np.mean(mine['test']['tuned']):.3f} (tuned thresholds) / "
+            f"{np.mean(mine['test']['0.5']):.3f} (0.5) vs "
+            f"{np.mean(mine['test']['baseline']):.3f} majority baseline") in summary
 
     # the registry: alias `best` on the version made from the trial's run
     client = MlflowClient(tracking, registry_uri=tracking)
@@ -269,8 +392,18 @@ def test_export_best_end_to_end(tmp_path, synth_root):
     np.testing.assert_allclose(probs["torchscript"], probs["torch"], atol=1e-5)
     np.testing.assert_allclose(probs["onnx"], probs["torch"], atol=1e-4)
 
-    # exported again, pt only: the folder no longer holds the other formats of the old export
-    export_best(study_name="e2e", storage=storage, out=out, device="cpu", progress=False)
+    # exported again from the command line, pt only: one line out; the folder no longer
+    # holds the other formats of the old export
+    run = CliRunner().invoke(cli, ["export-best", "--study", "e2e", "--storage", storage,
+                                   "--tracking-uri", tracking, "--out", str(out),
+                                   "--device", "cpu"])
+    assert run.exit_code == 0, run.output
+    test = card["metrics"]["test"]
+    assert run.stdout == (
+        f"trial {best.number} of study 'e2e': test mean accuracy "
+        f"{test['tuned']['mean_acc']:.3f} (tuned thresholds) / {test['0.5']['mean_acc']:.3f} "
+        f"(0.5) vs {test['baseline']['mean_acc']:.3f} majority baseline; exported to {out}/ "
+        "(model.pt, model_card.md, model_card.json)\n")
     assert sorted(p.name for p in out.iterdir()) == [
         "model.pt", "model_card.json", "model_card.md"]
 

@@ -206,6 +206,7 @@ def test_predict_agrees_with_evaluate_on_the_same_images(trained, predictor):
     from celebhpo.training.metrics import compute_metrics, per_class_report
 
     metrics, report = evaluate(trained["export"], trained["root"], split="test", progress=False)
+    assert metrics["threshold"] == "tuned"
     files = trained["test_files"]
     result = predict(predictor, files, progress=False)
     assert result.images == [str(f) for f in files] and not result.skipped
@@ -217,7 +218,7 @@ def test_predict_agrees_with_evaluate_on_the_same_images(trained, predictor):
     half = compute_metrics(result.probs, targets.astype(np.float32), thresholds=0.5)
     for k in mine:
         assert metrics["tuned"][k] == pytest.approx(mine[k], abs=1e-6), k
-        assert metrics["at_0.5"][k] == pytest.approx(half[k], abs=1e-6), k
+        assert metrics["0.5"][k] == pytest.approx(half[k], abs=1e-6), k
     pd.testing.assert_frame_equal(
         report, per_class_report(result.probs, targets.astype(np.float32),
                                  predictor.attributes, predictor.thresholds))
@@ -317,6 +318,33 @@ def test_evaluate_writes_report_files(trained, predictor, tmp_path):
     json.loads((tmp_path / "ev" / "classification_report.json").read_text())
     text = format_evaluation(metrics, report)
     assert "val split" in text and "mean_acc" in text and "Eyeglasses" in text
+    assert "metric" in text and "at tuned    at 0.5" in text
+
+
+def test_evaluate_at_a_chosen_threshold(trained, predictor, tmp_path):
+    """--threshold 0.3: the metrics at 0.3 beside those at 0.5, each named; the report's
+    columns say 0.3 where they used to say tuned."""
+    from celebhpo.training.metrics import compute_metrics
+
+    metrics, report = evaluate(predictor, trained["root"], split="test", threshold="0.3",
+                               progress=False)
+    files = trained["test_files"]
+    probs = predict(predictor, files, progress=False).probs
+    targets = trained["test_labels"].loc[[f.name for f in files], predictor.attributes]
+    targets = targets.to_numpy().astype(np.float32)
+    assert metrics["threshold"] == "0.3" and "tuned" not in metrics
+    for label, cut in (("0.3", 0.3), ("0.5", 0.5)):
+        mine = compute_metrics(probs, targets, thresholds=cut)
+        assert metrics[label] == pytest.approx(mine, abs=1e-6), label
+    assert metrics["0.3"]["mean_acc"] != metrics["0.5"]["mean_acc"]
+    assert "accuracy_at_0.3" in report.columns and "accuracy_tuned" not in report.columns
+    np.testing.assert_allclose(report["accuracy_at_0.3"], ((probs > 0.3) == targets).mean(0))
+    np.testing.assert_allclose(report["threshold"], 0.3)
+    text = format_evaluation(metrics, report)
+    assert "at 0.3    at 0.5" in text and "0.3 for every attribute" in text
+    # a bad value fails first, before the folder is read
+    with pytest.raises(CelebhpoError, match="threshold 'high' is not valid: use tuned, 0.5"):
+        evaluate(predictor, tmp_path / "nowhere", threshold="high", progress=False)
 
 
 # -- retrieve ----------------------------------------------------------------------------------
@@ -446,3 +474,45 @@ def test_contact_sheet(heldout, predictor, tmp_path, cache_env):
     with Image.open(empty) as im:
         assert im.size[0] > 0
     assert not list(tmp_path.glob("**/*.tmp"))
+
+
+def test_retrieve_returns_only_faces_above_the_threshold(trained, heldout, predictor, cache_env):
+    """`retrieve --where A` lists exactly the faces whose probability of A is above A's tuned
+    threshold; with --threshold 0.5 the set is the faces above 0.5 instead."""
+    from click.testing import CliRunner
+
+    from celebhpo.cli import cli
+
+    got = predict_folder(predictor, heldout["dir"], progress=False)
+    tuned_set = got.probs > predictor.thresholds  # (N, 40)
+    half_set = got.probs > 0.5
+    # the attribute whose tuned threshold changes the answer most on these faces
+    j = int(np.argmax((tuned_set != half_set).sum(0)))
+    attr = predictor.attributes[j]
+    assert (tuned_set[:, j] != half_set[:, j]).any() and tuned_set[:, j].any()
+
+    def cli_matches(*extra: str) -> dict[str, float]:
+        run = CliRunner().invoke(cli, ["retrieve", str(trained["export"]), str(heldout["dir"]),
+                                       "--where", attr, "--top", "0", "--format", "csv",
+                                       *extra])
+        assert run.exit_code == 0, run.output
+        frame = pd.read_csv(io.StringIO(run.stdout))
+        return {Path(i).name: float(p) for i, p in zip(frame["image"], frame[attr],
+                                                        strict=True)}
+
+    tuned = cli_matches()
+    assert tuned and all(p > predictor.thresholds[j] for p in tuned.values())
+    assert set(tuned) == {n for n, ok in zip(got.names, tuned_set[:, j], strict=True) if ok}
+    half = cli_matches("--threshold", "0.5")
+    assert all(p > 0.5 for p in half.values())
+    assert set(half) == {n for n, ok in zip(got.names, half_set[:, j], strict=True) if ok}
+    assert set(half) != set(tuned)
+
+    result = retrieve(predictor, heldout["dir"], attr, threshold=0.5, progress=False)
+    assert format_retrieval(result).startswith(
+        f'{len(half)} of {HELDOUT} images match "{attr}" at 0.5 thresholds')
+    run = CliRunner().invoke(cli, ["retrieve", str(trained["export"]), str(heldout["dir"]),
+                                   "--where", attr, "--threshold", "1.5"])
+    assert run.exit_code == 1
+    assert run.stderr == ("Error: threshold '1.5' is not valid: use tuned, 0.5, or a number "
+                          "between 0 and 1\n")
