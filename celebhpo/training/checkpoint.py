@@ -15,7 +15,7 @@ running code):
     epoch        the best epoch (from 1)
     image_size, crop   how images were decoded (optional; else from config.data)
 
-Extra keys (export adds `test_metrics`, `export`) are kept as they are.
+Extra keys (export adds `val_metrics`, `test_metrics`, `export`) are kept as they are.
 Imports no optuna/mlflow.
 """
 
