@@ -42,13 +42,13 @@ class StudySection:
     min_resource: int = 1  # successive_halving/hyperband: epochs before the first rung
     reduction_factor: int = 3  # successive_halving/hyperband
     checkpoints: Literal["best", "all"] = "best"  # log every trial's checkpoint, or the best's
+    resume: bool = True  # a retried trial resumes from its last epoch (state logged per epoch)
     heartbeat_interval: int = 30  # seconds; RDB storages other than SQLite
     grace_period: int = 120  # seconds without heartbeat before a trial counts as dead
 
     def resolved_direction(self) -> str:
-        if self.direction != "auto":
-            return self.direction
-        return "minimize" if self.metric == "val_loss" else "maximize"
+        auto = "minimize" if self.metric == "val_loss" else "maximize"
+        return auto if self.direction == "auto" else self.direction
 
 
 @dataclass
