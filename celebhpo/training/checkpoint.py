@@ -16,6 +16,9 @@ running code):
     image_size, crop   how images were decoded (optional; else from config.data)
 
 Extra keys (export adds `val_metrics`, `test_metrics`, `export`) are kept as they are.
+
+A run's resume state (format "celebhpo-resume", see training.resume) is written and read the
+same way by `save_resume_state` / `load_resume_state`.
 Imports no optuna/mlflow.
 """
 
@@ -35,11 +38,14 @@ from torch import nn
 from celebhpo._io import atomic_path
 from celebhpo.errors import CheckpointError
 
-__all__ = ["FORMAT", "REQUIRED_KEYS", "VERSION", "load_checkpoint", "model_from_checkpoint",
-           "save_checkpoint"]
+__all__ = ["FORMAT", "REQUIRED_KEYS", "RESUME_FORMAT", "RESUME_VERSION", "VERSION",
+           "load_checkpoint", "load_resume_state", "model_from_checkpoint", "save_checkpoint",
+           "save_resume_state"]
 
 FORMAT = "celebhpo-checkpoint"
 VERSION = 1
+RESUME_FORMAT = "celebhpo-resume"  # a run's per-epoch resume state (training.resume)
+RESUME_VERSION = 1
 REQUIRED_KEYS = ("state_dict", "config", "attributes", "normalization", "thresholds", "metrics",
                  "epoch", "arch")
 
@@ -71,26 +77,39 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        with warnings.catch_warnings():
-            # torch warns about odd pickle protocols before failing; our error says it all
-            warnings.simplefilter("ignore", UserWarning)
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise CheckpointError(
-            f"{path}: refused to load: not a celebhpo checkpoint, or it holds objects other "
-            f"than tensors and plain values ({first}); only load files you trust, and "
-            "re-create it with celebhpo"
-        ) from None
-    except _READ_ERRORS as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint ({type(e).__name__}: {first}); the file is "
-            "damaged or not a torch file: re-create it"
-        ) from None
+    payload = _torch_load(path, "checkpoint")
     _validate(payload, path)
     return payload
+
+
+def save_resume_state(path: str | Path, state: dict[str, Any], *, durable: bool = True
+                      ) -> Path:
+    """Write a run's resume state (training.resume) to `path` like a checkpoint: atomically,
+    plain values only (`durable=False` skips the fsyncs, for a file that is copied on at
+    once). Returns `path`."""
+    path = Path(path)
+    clean = _plain(state, "state")
+    if clean.get("format") != RESUME_FORMAT:
+        raise CheckpointError(f"{path}: not a resume state (format {clean.get('format')!r})")
+    with atomic_path(path, durable=durable) as tmp:
+        torch.save(clean, tmp)
+    return path
+
+
+def load_resume_state(path: str | Path) -> dict[str, Any]:
+    """Read a resume state written by `save_resume_state` (weights_only=True); CheckpointError
+    naming the file when it is missing, damaged, not one, or newer than this celebhpo."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: resume state not found")
+    state = _torch_load(path, "resume state")
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+        raise CheckpointError(f"{path}: not a celebhpo resume state")
+    version = state.get("version")
+    if not isinstance(version, int) or version > RESUME_VERSION:
+        raise CheckpointError(f"{path}: resume state version {version!r} is newer than this "
+                              f"celebhpo reads ({RESUME_VERSION}); upgrade celebhpo")
+    return state
 
 
 def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
@@ -120,6 +139,28 @@ def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+def _torch_load(path: Path, what: str) -> Any:
+    """torch.load(weights_only=True) on the CPU; CheckpointError naming `path` otherwise."""
+    try:
+        with warnings.catch_warnings():
+            # torch warns about odd pickle protocols before failing; our error says it all
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise CheckpointError(
+            f"{path}: refused to load: not a celebhpo {what}, or it holds objects other "
+            f"than tensors and plain values ({first}); only load files you trust, and "
+            "re-create it with celebhpo"
+        ) from None
+    except _READ_ERRORS as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise CheckpointError(
+            f"{path}: not a readable {what} ({type(e).__name__}: {first}); the file is "
+            "damaged or not a torch file: re-create it"
+        ) from None
+
+
 def _validate(payload: Any, path: Path) -> None:
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: not a celebhpo checkpoint (holds a "
@@ -167,10 +208,10 @@ def _validate(payload: Any, path: Path) -> None:
 def _plain(value: Any, where: str) -> Any:
     """Only what weights_only=True can read back: tensors, str/int/float/bool/None, and
     dicts/lists/tuples of them. numpy and Path values are converted; anything else refused."""
+    if isinstance(value, np.generic):  # before float: np.float64 is a float subclass
+        return value.item()
     if isinstance(value, torch.Tensor | str | bool | int | float) or value is None:
         return value
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, Path):

@@ -12,7 +12,8 @@ Speed without surprises:
 - a NaN/inf loss is found at the end of its epoch (see training.epoch) and raises
   TrainingError naming epoch, batch and lr.
 
-On the CPU a run is repeatable: same seed, same history (timings aside).
+On the CPU a run is repeatable: same seed, same history (timings aside); and resumable after
+any epoch (training.resume) with the same result.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from celebhpo.training.devices import resolve_device
 from celebhpo.training.epoch import Callback, EpochStats, EvalOutput, evaluate, train_one_epoch
 from celebhpo.training.metrics import compute_metrics, per_class_report, tune_thresholds
 from celebhpo.training.optim import class_weights, make_loss, make_optimizer, make_scheduler
+from celebhpo.training.resume import BestEpoch, capture_state, data_shape, restore_state
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -69,6 +71,7 @@ class FitResult:
     checkpoint_path: Path | None
     stopped_early: bool
     device: str
+    resumed_from: int = 0  # the resume state's epoch; 0 when the run started from scratch
 
 
 @dataclass
@@ -88,21 +91,23 @@ class _Run:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     info: dict[str, Any]  # what Callback.on_fit_start gets
-
-
-@dataclass
-class _Best:
-    row: dict[str, Any]  # the epoch's history row
-    metrics: dict[str, float]  # compute_metrics at 0.5
-    out: EvalOutput
-    state: dict[str, torch.Tensor]  # a CPU copy of the weights
+    shape: dict[str, int]  # data_shape(data): what a resume state checks
 
 
 def fit(cfg: StudyConfig, data: DataBundle, callbacks: Iterable[Callback] = (),
-        checkpoint_path: str | Path | None = None) -> FitResult:
+        checkpoint_path: str | Path | None = None, *,
+        on_state: Callable[[dict[str, Any]], None] | None = None,
+        resume: dict[str, Any] | None = None) -> FitResult:
     """Train `cfg` on `data.splits["train"]`, validate on `["val"]` every epoch, keep the best
     epoch by the study's metric (`[study] metric`, in its direction) and write its checkpoint
     to `checkpoint_path` (if given). Early stopping (`[train] patience`) uses the same metric.
+
+    Resuming (training.resume): `on_state(state)` gets the run's resume state after each
+    epoch, once the callbacks have seen it (it holds live tensors: save it before
+    returning); `resume=state` goes on after that state's epoch, and the result equals an
+    uninterrupted run's (exactly on the CPU). Its earlier epochs are in the history but are
+    not passed to the callbacks again. CheckpointError when the state belongs to another
+    configuration or data.
 
     History rows: epoch, train_loss, val_loss (plain BCE, whatever the training loss is
     weighted with), val_loss_weighted (only when it is weighted), val_mean_acc,
@@ -113,10 +118,14 @@ def fit(cfg: StudyConfig, data: DataBundle, callbacks: Iterable[Callback] = (),
     callbacks = list(callbacks)
     # setup: seeds, device, model, loss, optimizer, loaders
     run = _setup(cfg, data)
+    done: tuple[list[dict[str, Any]], BestEpoch] | None = None
+    if resume is not None:
+        done = restore_state(resume, cfg.to_dict(), run.shape, run.model, run.optimizer,
+                             run.scheduler)
     for cb in callbacks:
         cb.on_fit_start(dict(run.info))
     # the epochs: train, validate, keep the best, report (callbacks may stop the run)
-    history, best, stopped_early = _epochs(cfg, run, callbacks)
+    history, best, stopped_early = _epochs(cfg, run, callbacks, done, on_state)
     # after training: thresholds and per-class report at the best epoch, then the checkpoint
     thresholds, report, best_metrics = _tune(cfg.train, data.attributes, best)
     saved: Path | None = None
@@ -132,7 +141,8 @@ def fit(cfg: StudyConfig, data: DataBundle, callbacks: Iterable[Callback] = (),
         })
     return FitResult(history=history, best_epoch=int(best.row["epoch"]),
                      best_metrics=best_metrics, report=report, thresholds=thresholds,
-                     checkpoint_path=saved, stopped_early=stopped_early, device=str(run.device))
+                     checkpoint_path=saved, stopped_early=stopped_early, device=str(run.device),
+                     resumed_from=len(done[0]) if done else 0)
 
 
 def _setup(cfg: StudyConfig, data: DataBundle) -> _Run:
@@ -179,53 +189,67 @@ def _setup(cfg: StudyConfig, data: DataBundle) -> _Run:
             "channels_last": channels_last, "compile": bool(tc.compile),
             "parameters": sum(p.numel() for p in model.parameters())}
     return _Run(device=device, amp=amp, model=model, run_model=run_model, loss_fn=loss_fn,
-                weighted=tc.class_weighting != "none", optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
-                val_loader=val_loader, mean=mean, std=std, info=info)
+                weighted=tc.class_weighting != "none", optimizer=optimizer, scheduler=scheduler,
+                train_loader=train_loader, val_loader=val_loader, mean=mean, std=std, info=info,
+                shape=data_shape(data))
 
 
-def _epochs(cfg: StudyConfig, run: _Run, callbacks: Sequence[Callback]
-            ) -> tuple[list[dict[str, Any]], _Best, bool]:
-    """Run the epochs; returns (history, the best epoch, whether it stopped early)."""
+def _epochs(cfg: StudyConfig, run: _Run, callbacks: Sequence[Callback],
+            done: tuple[list[dict[str, Any]], BestEpoch] | None,
+            on_state: Callable[[dict[str, Any]], None] | None
+            ) -> tuple[list[dict[str, Any]], BestEpoch, bool]:
+    """Run the epochs after those `done` (a resumed run's); returns (history, the best epoch,
+    whether it stopped early)."""
     tc = cfg.train
     better = _better(cfg.study.metric, cfg.study.resolved_direction())
-    history: list[dict[str, Any]] = []
-    best: _Best | None = None
-    for epoch in range(1, tc.epochs + 1):
-        started = time.perf_counter()
-        lr = run.optimizer.param_groups[0]["lr"]  # the lr of this epoch's first step
-        # train
-        run.train_loader.set_epoch(epoch)
-        stats = train_one_epoch(run.run_model, run.train_loader, run.loss_fn, run.optimizer,
-                                scheduler=run.scheduler, epoch=epoch, grad_clip=tc.grad_clip,
-                                amp=run.amp, callbacks=callbacks)
-        _check_finite(tc, epoch, lr, stats=stats, steps=len(run.train_loader))
-        # validate on the whole split: plain BCE (comparable across weightings), and the
-        # training loss too when it is weighted
-        out = evaluate(run.run_model, run.val_loader, amp=run.amp,
-                       weighted_loss_fn=run.loss_fn if run.weighted else None)
-        _check_finite(tc, epoch, lr, out=out)
-        m = compute_metrics(out.probs, out.targets)
-        row = {"epoch": epoch, "train_loss": stats.loss, "val_loss": out.loss,
-               "val_mean_acc": m["mean_acc"], "val_balanced_acc": m["balanced_acc"],
-               "val_map": m["map"], "lr": lr, "epoch_seconds": time.perf_counter() - started,
-               "images_per_s": stats.images / max(stats.seconds, 1e-9)}
-        if out.weighted_loss is not None:
-            row["val_loss_weighted"] = out.weighted_loss
+    history, best = (list(done[0]), done[1]) if done else ([], None)
+    for epoch in range(len(history) + 1, tc.epochs + 1):
+        # early stopping on the study's metric, after the previous epoch
+        if best is not None and tc.patience > 0 and epoch - 1 - best.row["epoch"] >= tc.patience:
+            return history, best, True
+        row, m, out = _one_epoch(tc, run, epoch, callbacks)
         history.append(row)
         # keep the best epoch's weights (a CPU copy) and validation outputs
         if best is None or better(row, best.row):
-            best = _Best(row=row, metrics=m, out=out,
-                         state={k: v.detach().to("cpu", copy=True)
-                                for k, v in run.model.state_dict().items()})
+            best = BestEpoch(row=row, metrics=m, out=out,
+                             state={k: v.detach().to("cpu", copy=True)
+                                    for k, v in run.model.state_dict().items()})
         # report: callbacks may raise (pruning); let it through unchanged
         for cb in callbacks:
             cb.on_epoch_end(epoch, dict(row))
-        # early stopping on the same metric
-        if tc.patience > 0 and epoch - best.row["epoch"] >= tc.patience:
-            return history, best, epoch < tc.epochs
+        # the resume state of this epoch, for a run that dies later
+        if on_state is not None:
+            on_state(capture_state(epoch, history, run.model, run.optimizer, run.scheduler,
+                                   best, cfg.to_dict(), run.shape))
     if best is None:  # only a config that skipped validation gets here
         raise ConfigError(f"[train] epochs = {tc.epochs} must be > 0")
     return history, best, False
+
+
+def _one_epoch(tc: TrainConfig, run: _Run, epoch: int, callbacks: Sequence[Callback]
+               ) -> tuple[dict[str, Any], dict[str, float], EvalOutput]:
+    """Train and validate one epoch: (its history row, metrics at 0.5, validation outputs)."""
+    started = time.perf_counter()
+    lr = run.optimizer.param_groups[0]["lr"]  # the lr of this epoch's first step
+    # train
+    run.train_loader.set_epoch(epoch)
+    stats = train_one_epoch(run.run_model, run.train_loader, run.loss_fn, run.optimizer,
+                            scheduler=run.scheduler, epoch=epoch, grad_clip=tc.grad_clip,
+                            amp=run.amp, callbacks=callbacks)
+    _check_finite(tc, epoch, lr, stats=stats, steps=len(run.train_loader))
+    # validate on the whole split: plain BCE (comparable across weightings), and the
+    # training loss too when it is weighted
+    out = evaluate(run.run_model, run.val_loader, amp=run.amp,
+                   weighted_loss_fn=run.loss_fn if run.weighted else None)
+    _check_finite(tc, epoch, lr, out=out)
+    m = compute_metrics(out.probs, out.targets)
+    row = {"epoch": epoch, "train_loss": stats.loss, "val_loss": out.loss,
+           "val_mean_acc": m["mean_acc"], "val_balanced_acc": m["balanced_acc"],
+           "val_map": m["map"], "lr": lr, "epoch_seconds": time.perf_counter() - started,
+           "images_per_s": stats.images / max(stats.seconds, 1e-9)}
+    if out.weighted_loss is not None:
+        row["val_loss_weighted"] = out.weighted_loss
+    return row, m, out
 
 
 def _better(metric: str, direction: str) -> Callable[[dict[str, Any], dict[str, Any]], bool]:
@@ -259,7 +283,7 @@ def _check_finite(tc: TrainConfig, epoch: int, lr: float, *, stats: EpochStats |
         )
 
 
-def _tune(tc: TrainConfig, attributes: Sequence[str], best: _Best
+def _tune(tc: TrainConfig, attributes: Sequence[str], best: BestEpoch
           ) -> tuple[np.ndarray, pd.DataFrame, dict[str, float]]:
     """Thresholds tuned on validation at the best epoch, the per-class report at them, and the
     best epoch's metrics (its history row, its metrics at 0.5, the tuned headline ones)."""
