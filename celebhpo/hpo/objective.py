@@ -18,6 +18,7 @@ runs, so commands that only read studies start fast.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import logging
@@ -111,6 +112,8 @@ def train(tcfg: StudyConfig, run: TrialRun, reporter: TrialReporter,
     try:
         data = _data(tcfg, data_cache, progress)
         with tempfile.TemporaryDirectory(prefix="celebhpo-trial-") as tmp:
+            if data.skipped:  # name them where the trial's figures are
+                _log_skipped(run, data.skipped, Path(tmp) / "skipped_images.csv")
             states = _States(run, trial, Path(tmp), keep=tcfg.study.resume)
             result = _fit(tcfg, data, bar, reporter, Path(tmp) / "model.pt", states)
             value = float(result.best_metrics[reporter.metric])
@@ -151,11 +154,27 @@ def _fit(tcfg: StudyConfig, data: DataBundle, bar: EpochProgress, reporter: Tria
 
 
 def _data(tcfg: StudyConfig, cache: dict[str, DataBundle], progress: bool) -> DataBundle:
-    """Decoded images for the trial's data config, loaded once per worker."""
+    """Decoded images for the trial's data config, loaded once per worker; the images that
+    could not be read are named once, when they are skipped."""
     key = json.dumps(dataclasses.asdict(tcfg.data), sort_keys=True)
     if key not in cache:
-        cache[key] = load_data(tcfg.data, splits=("train", "val"), progress=progress)
+        cache[key] = data = load_data(tcfg.data, splits=("train", "val"), progress=progress)
+        if data.skipped:
+            shown = ", ".join(f"{name} ({reason})" for name, reason in data.skipped[:5])
+            more = f" and {len(data.skipped) - 5} more" if len(data.skipped) > 5 else ""
+            log.warning("skipped %d unreadable images in %s: %s%s (listed in each trial's "
+                        "skipped_images.csv)", len(data.skipped), data.root, shown, more)
     return cache[key]
+
+
+def _log_skipped(run: TrialRun, skipped: list[tuple[str, str]], path: Path) -> None:
+    """skipped_images.csv (image, reason) on the trial's run, and its count as a tag."""
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([("image", "reason"), *skipped])
+    tracker = run.tracker
+    tracker.call("log artifact", tracker.client.log_artifact, run.run_id, str(path))
+    tracker.call("set tag", tracker.client.set_tag, run.run_id, "skipped_images",
+                 str(len(skipped)))
 
 
 def _best_so_far(study: optuna.Study, value: float) -> bool:

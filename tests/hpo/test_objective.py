@@ -4,6 +4,11 @@ real MLflow, the tiny architecture on synthetic faces."""
 
 from __future__ import annotations
 
+import csv
+import logging
+import shutil
+from pathlib import Path
+
 import optuna
 import pytest
 from mlflow import MlflowClient
@@ -62,3 +67,23 @@ def test_the_trial_value_is_its_best_epoch_by_the_metric(tmp_path, synth_root, t
     metrics = runs[t.number].data.metrics
     assert metrics["best_epoch"] == best_epoch
     assert metrics["best_val_mean_acc"] == pytest.approx(t.value)
+
+
+def test_optimize_names_the_images_it_skipped(tmp_path, synth_root, tracking_uri, caplog):
+    root = tmp_path / "celeba"
+    shutil.copytree(synth_root, root)
+    broken = sorted((root / "img_align_celeba" / "img_align_celeba").glob("*.jpg"))[:2]
+    for path in broken:  # the first images are in the train split
+        path.write_bytes(b"not a jpeg at all")
+    with caplog.at_level(logging.WARNING, logger="celebhpo.hpo.objective"):
+        study, runs = _run(tmp_path, root, tracking_uri, "skips", "lr = [0.003]", 1)
+    said = caplog.text
+    assert "skipped 2 unreadable images" in said
+    assert all(p.name in said for p in broken)
+    run = runs[0]
+    assert run.data.tags["skipped_images"] == "2"
+    local = MlflowClient(tracking_uri).download_artifacts(run.info.run_id,
+                                                          "skipped_images.csv", str(tmp_path))
+    rows = list(csv.reader(Path(local).read_text().splitlines()))
+    assert rows[0] == ["image", "reason"]
+    assert sorted(r[0] for r in rows[1:]) == sorted(p.name for p in broken)
