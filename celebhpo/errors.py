@@ -6,6 +6,7 @@ Each message names the file, key, line or id at fault and says what to do.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Iterable
 
@@ -42,6 +43,10 @@ class TrackingError(CelebhpoError):
     """MLflow tracking store unreachable or inconsistent."""
 
 
+class TrackingAuthError(TrackingError):
+    """The MLflow tracking store refused this process's credentials (or their absence)."""
+
+
 class ExpressionError(CelebhpoError):
     """A malformed `--where` expression or an unknown attribute in it."""
 
@@ -53,6 +58,55 @@ def did_you_mean(written: object, valid: Iterable[object], *, n: int = 1,
     return difflib.get_close_matches(str(written), [str(v) for v in valid], n=n, cutoff=cutoff)
 
 
+# -- secrets ---------------------------------------------------------------------------------
+# Query keys whose values are credentials (`?password=`, `&X-Amz-Signature=`, `;token=`, ...)
+_SECRET_KEY = (r"[\w.-]*(?:password|passwd|pwd|token|secret|api[_-]?key|access[_-]?key|"
+               r"credential|signature)[\w.-]*|sig")
+_SECRET_QUERY = re.compile(rf"(?<![\w.-])({_SECRET_KEY})=[^&\s#'\"<>)\]]+", re.IGNORECASE)
+_USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*)://([^/?#\s]+)@")
+# In these schemes a userinfo without a colon is a user name (libpq, SQLAlchemy), not a token
+_DATABASE_SCHEMES = ("postgres", "mysql", "mariadb", "mssql", "oracle", "cockroachdb")
+# Environment variables whose values are secrets wherever they turn up
+SECRET_ENV = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "PGPASSWORD")
+_MIN_SECRET_CHARS = 4  # shorter values would mask ordinary words
+
+
+def _mask_userinfo(match: re.Match[str]) -> str:
+    scheme, userinfo = match.group(1), match.group(2)
+    if ":" in userinfo:
+        return f"{scheme}://{userinfo.split(':', 1)[0]}:***@"
+    if scheme.lower().split("+")[0].startswith(_DATABASE_SCHEMES):
+        return match.group(0)
+    return f"{scheme}://***@"
+
+
 def mask_url(text: str) -> str:
-    """Replace the password in any `scheme://user:password@host` inside `text` with ***."""
-    return re.sub(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+    """`text` with every credential in it replaced by ***: the password of any
+    `scheme://user:password@host`, a token standing alone as userinfo
+    (`https://TOKEN@host`; a database URL's lone user name stays), the values of query keys
+    like `password=`, `token=`, `secret=`, `api_key=`, `access_token=`, and the values of
+    MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_PASSWORD and PGPASSWORD wherever they appear."""
+    text = _USERINFO.sub(_mask_userinfo, str(text))
+    text = _SECRET_QUERY.sub(r"\1=***", text)
+    for name in SECRET_ENV:
+        value = os.environ.get(name, "")
+        if len(value) >= _MIN_SECRET_CHARS:
+            text = text.replace(value, "***")
+    return text
+
+
+def _strip_userinfo(match: re.Match[str]) -> str:
+    scheme, userinfo = match.group(1), match.group(2)
+    if scheme.lower().split("+")[0].startswith(_DATABASE_SCHEMES):
+        return f"{scheme}://{userinfo.split(':', 1)[0]}@"  # the user name stays, for libpq
+    return f"{scheme}://"  # a server's user and password come from its environment
+
+
+def without_credentials(url: str) -> str:
+    """`url` as it may be stored: no password, no secret query keys, and outside database
+    URLs (whose user name stays) no userinfo at all. Everything else is kept as written."""
+    masked = _USERINFO.sub(_strip_userinfo, url)
+    masked = _SECRET_QUERY.sub("", masked)
+    # a removed key leaves its separator behind: "?&a=1" -> "?a=1", "?" at the end -> ""
+    masked = re.sub(r"([?&;])[&;]+", r"\1", masked)
+    return re.sub(r"[?&;]+(?=$|#)", "", masked)

@@ -2,15 +2,17 @@
 
 A study stores everything a worker needs as user attrs, so `optimize` takes only a name and
 a storage: `config` (the resolved study config, data root made absolute), `grid`,
-`tracking_uri`, `experiment_id` and `parent_run_id` (the MLflow experiment and parent run
-made once, here, so workers never race to create them). A grid study's points are queued at
-creation (space.py).
+`tracking_uri` (without credentials: a worker brings its own), `experiment_id` and
+`parent_run_id` (the MLflow experiment and parent run made once, here, so workers never race
+to create them) and `study_key` (the id that ties the parent run to this study, whatever its
+name). A grid study's points are queued at creation (space.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import optuna
 import pandas as pd
 
 from celebhpo.config import StudyConfig
-from celebhpo.errors import ConfigError, StudyError
+from celebhpo.errors import ConfigError, StudyError, without_credentials
 from celebhpo.hpo.results import STATE_ORDER, best_trial, state_counts
 from celebhpo.hpo.space import grid_trials, make_pruner, make_sampler
 from celebhpo.hpo.storage import (
@@ -29,7 +31,13 @@ from celebhpo.hpo.storage import (
     optuna_quiet,
     parse_storage,
 )
-from celebhpo.tracking import Tracker, create_study_run, resolve_tracking_uri
+from celebhpo.tracking import (
+    Tracker,
+    create_study_run,
+    resolve_tracking_uri,
+    same_store,
+    supersede,
+)
 
 __all__ = ["CreateResult", "create_study", "list_studies", "load_study", "open_study"]
 
@@ -50,10 +58,14 @@ def create_study(
     name: str | None = None,
     replace: bool = False,
     tracking_uri: str | None = None,
+    artifacts: str | None = None,
 ) -> CreateResult:
     """Create the Optuna study, its MLflow experiment and parent run, and store the resolved
     config with it. The same config again is a no-op; another config under an existing name
-    is a StudyError unless `replace` (which deletes the old study and its trials)."""
+    is a StudyError unless `replace` (which deletes the old study and its trials).
+    `artifacts` is where a new MLflow experiment keeps its artifacts (required with a
+    database tracking URI other than SQLite: see tracking.artifact_location). The study keeps
+    the tracking URI without its credentials; workers bring their own."""
     spec = parse_storage(storage)
     name = name or cfg.study.name
     if not name or "/" in name:
@@ -67,21 +79,29 @@ def create_study(
     config = json.loads(json.dumps(stored.to_dict()))
     uri = resolve_tracking_uri(tracking_uri)
     backend = open_storage(storage)
-    n_old = None
+    old_attrs = None
     if name in optuna.get_all_study_names(storage=backend):
         old = optuna.load_study(study_name=name, storage=backend)
-        n_old = len(old.get_trials(deepcopy=False))
+        old_attrs = {**old.user_attrs, "n_trials": len(old.get_trials(deepcopy=False))}
         if not replace:
-            return _unchanged(name, spec, old.user_attrs, config, grid, uri, n_old)
+            return _unchanged(name, spec, old.user_attrs, config, grid, uri,
+                              old_attrs["n_trials"])
     tracker = Tracker(uri)
     tracker.check()  # one clear line now, not minutes of MLflow's own HTTP retries
-    if n_old is not None:
+    # a parent run of its own, keyed by this study's key (never by its name); made before the
+    # old study is deleted, so a refused artifact location deletes nothing
+    key = uuid.uuid4().hex
+    experiment_id, parent_run_id = create_study_run(tracker, name, config, study_key=key,
+                                                    storage=storage, artifacts=artifacts)
+    replaced = ""
+    if old_attrs is not None:
         optuna.delete_study(study_name=name, storage=backend)
-    replaced = "" if n_old is None else f" (replaced the old one and its {n_old} trials)"
-    experiment_id, parent_run_id = create_study_run(tracker, name, config, fresh=bool(replaced))
+        replaced = f" (replaced the old one and its {old_attrs['n_trials']} trials)"
     study = _new_study(backend, spec, stored, {
-        "config": config, "grid": grid, "tracking_uri": uri, "experiment_id": experiment_id,
-        "parent_run_id": parent_run_id})
+        "config": config, "grid": grid, "tracking_uri": without_credentials(uri),
+        "experiment_id": experiment_id, "parent_run_id": parent_run_id, "study_key": key})
+    if old_attrs is not None and old_attrs.get("parent_run_id") not in (None, parent_run_id):
+        supersede(tracker, old_attrs["parent_run_id"])
     what = (f"a grid of {len(study.trials)} points over {', '.join(stored.space)}" if grid else
             f"{stored.study.sampler} search over {', '.join(stored.space) or 'nothing'}")
     return CreateResult(name, True, (
@@ -95,7 +115,7 @@ def _unchanged(name: str, spec: StorageSpec, attrs: dict[str, Any], config: dict
     """A study of that name exists and is not to be replaced: a no-op when its config is
     this one, else a StudyError saying what differs."""
     if (attrs.get("config") == config and attrs.get("grid") == grid
-            and attrs.get("tracking_uri") == uri):
+            and same_store(str(attrs.get("tracking_uri")), uri)):
         return CreateResult(name, False, f"study '{name}' already exists in {spec.masked} "
                             f"with this config: nothing to do ({_run_hint(name, spec)})")
     raise StudyError(
@@ -163,7 +183,7 @@ def _difference(attrs: dict[str, Any], config: dict, grid: bool, uri: str) -> st
              if old.get(k) != new.get(k)]
     if attrs.get("grid") != grid:
         diffs.append(f"grid: {attrs.get('grid')} -> {grid}")
-    if attrs.get("tracking_uri") != uri:
+    if not same_store(str(attrs.get("tracking_uri")), uri):
         diffs.append("tracking URI differs")
     more = f", and {len(diffs) - 3} more" if len(diffs) > 3 else ""
     return "; ".join(diffs[:3]) + more

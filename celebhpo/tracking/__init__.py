@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from celebhpo.tracking.client import DEFAULT_TRACKING_URI, Tracker, resolve_tracking_uri, ui_command
 from celebhpo.tracking.registry import download_checkpoint, register_model
-from celebhpo.tracking.study import close_orphan_runs, create_study_run
+from celebhpo.tracking.study import close_orphan_runs, create_study_run, supersede
 from celebhpo.tracking.summary import refresh_parent
 from celebhpo.tracking.trial import (
     TrialRun,
@@ -18,9 +18,11 @@ from celebhpo.tracking.trial import (
     start_trial,
     trial_run_name,
 )
+from celebhpo.tracking.uris import artifact_location, same_store, study_tracking_uri
 
 __all__ = [
-    "DEFAULT_TRACKING_URI", "Tracker", "TrialRun", "close_orphan_runs", "create_study_run",
-    "download_checkpoint", "f1_by_attribute", "flatten_config", "refresh_parent",
-    "register_model", "resolve_tracking_uri", "start_trial", "trial_run_name", "ui_command",
+    "DEFAULT_TRACKING_URI", "Tracker", "TrialRun", "artifact_location", "close_orphan_runs",
+    "create_study_run", "download_checkpoint", "f1_by_attribute", "flatten_config",
+    "refresh_parent", "register_model", "resolve_tracking_uri", "same_store", "start_trial",
+    "study_tracking_uri", "supersede", "trial_run_name", "ui_command",
 ]

@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterable
 from contextlib import closing
 from pathlib import Path
@@ -23,81 +23,37 @@ from typing import Any, TypeVar
 
 import sqlalchemy
 from mlflow import MlflowClient
+from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 
-from celebhpo.errors import TrackingError, mask_url
+from celebhpo.errors import TrackingAuthError, TrackingError, mask_url
+from celebhpo.tracking.uris import (
+    DEFAULT_TRACKING_URI,
+    artifact_root,
+    is_http,
+    resolve_tracking_uri,
+    ui_command,
+    with_own_credentials,
+)
 
-__all__ = ["DEFAULT_TRACKING_URI", "Tracker", "artifact_root", "resolve_tracking_uri",
-           "ui_command"]
+__all__ = ["CREATE_ID_TAG", "DEFAULT_TRACKING_URI", "Tracker", "artifact_root",
+           "resolve_tracking_uri", "ui_command"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
-ARTIFACTS_DIRNAME = "artifacts"  # beside the SQLite file: mlruns/mlflow.db -> mlruns/artifacts
+# A client-made id on everything celebhpo creates, so a retried create finds its own
+# earlier attempt instead of making a second run (or model version)
+CREATE_ID_TAG = "celebhpo.create_id"
 MAX_TAG_CHARS = 500  # an error tag is for people; the full traceback lives in the worker's log
 _BATCH = 100  # MLflow's limit of params/tags per log_batch call
 # MLflow error codes that will not get better by asking again
 _FINAL_CODES = {
     "INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
-    "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED", "INVALID_STATE", "NOT_FOUND",
+    "BAD_REQUEST", "INVALID_STATE", "NOT_FOUND",
 }
-
-
-# -- URIs ----------------------------------------------------------------------------------
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """The tracking URI to use: `uri` (the --tracking-uri flag) > MLFLOW_TRACKING_URI >
-    `sqlite:///mlruns/mlflow.db` under the current directory.
-
-    SQLite paths are made absolute (resolved against the cwd at call time), so the URI stored
-    with a study means the same file for every worker, wherever it was started.
-    """
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    scheme = urllib.parse.urlsplit(uri).scheme
-    if scheme == "sqlite":
-        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
-        if not path or path == ":memory:":
-            raise TrackingError(
-                f"tracking URI {uri!r}: an in-memory or empty SQLite path cannot be shared; "
-                "give a file, e.g. sqlite:///mlruns/mlflow.db"
-            )
-        return "sqlite:///" + str(Path(path).expanduser().resolve())
-    if scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
-        raise TrackingError(
-            f"tracking URI {mask_url(uri)!r}: MLflow 3 no longer supports a plain folder as "
-            "the tracking store; use sqlite:///mlruns/mlflow.db or a server (http://host:5000)"
-        )
-    return uri
-
-
-def _is_http(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
-def artifact_root(uri: str) -> str | None:
-    """Where new experiments keep artifacts: beside the SQLite file, `<cwd>/mlruns/artifacts`
-    for another database, or None for a server (it decides, e.g. its --artifacts-destination).
-    """
-    if _is_http(uri) or uri.startswith("databricks"):
-        return None
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / ARTIFACTS_DIRNAME).as_uri()
-    return (Path.cwd() / "mlruns" / ARTIFACTS_DIRNAME).resolve().as_uri()
-
-
-def ui_command(tracking_uri: str | None, *, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
-    """The argv that opens the MLflow UI on a local store (binds to `host`, 127.0.0.1 by
-    default, so the UI is not exposed to the network unless asked)."""
-    uri = resolve_tracking_uri(tracking_uri)
-    if _is_http(uri):
-        raise TrackingError(
-            f"{mask_url(uri)} is already a tracking server: open it in a browser instead"
-        )
-    argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
-    root = artifact_root(uri)
-    if root:
-        argv += ["--default-artifact-root", root]
-    return argv + ["--host", host, "--port", str(port)]
+# ... and those that mean this process lacks the credentials (a study keeps none)
+_AUTH_CODES = {"UNAUTHENTICATED", "CUSTOMER_UNAUTHORIZED", "PERMISSION_DENIED"}
 
 
 def one_line(text: str, limit: int = MAX_TAG_CHARS) -> str:
@@ -118,7 +74,8 @@ class Tracker:
 
     def __init__(self, uri: str | None = None, *, retries: int = 3, backoff: float = 1.0,
                  timeout: float = 10.0) -> None:
-        self.uri = resolve_tracking_uri(uri)
+        # a study keeps its URI without credentials: this process may have its own
+        self.uri = with_own_credentials(resolve_tracking_uri(uri))
         self.masked_uri = mask_url(self.uri)
         self.retries = retries
         self.backoff = backoff
@@ -134,6 +91,9 @@ class Tracker:
             if self.uri.startswith("sqlite:///"):
                 # SQLite cannot create the folder that holds its file
                 Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            if is_http(self.uri) and self.masked_uri != self.uri:
+                # MLflow prints "View run NAME at: URL" when a run ends, password and all
+                os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
             self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         return self._client
 
@@ -147,6 +107,13 @@ class Tracker:
             except TrackingError:
                 raise
             except MlflowException as e:
+                if e.error_code in _AUTH_CODES:
+                    raise TrackingAuthError(
+                        f"MLflow {what} on {self.masked_uri}: the store refused this "
+                        f"process's credentials ({one_line(e.message, 200)}); give them with "
+                        "--tracking-uri, MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME and "
+                        "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN"
+                    ) from None
                 if e.error_code in _FINAL_CODES:
                     raise TrackingError(
                         f"MLflow {what} on {self.masked_uri}: {one_line(e.message)}"
@@ -164,6 +131,43 @@ class Tracker:
             f"{one_line(str(error), 300)}"
         ) from None
 
+    def create_once(self, what: str, create: Callable[[], T], find: Callable[[], list[T]]) -> T:
+        """`create()`, retried like `call`; but a retry first asks `find()` for what an earlier
+        attempt made (its answer lost on the way back) and returns that instead."""
+        attempts = 0
+
+        def attempt() -> T:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and (found := find()):
+                return found[0]
+            return create()
+
+        return self.call(what, attempt)
+
+    def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str], *,
+                   key: str | None = None, key_tag: str = CREATE_ID_TAG) -> Run:
+        """A new run tagged `key_tag` = `key` (a fresh id by default), made once: a retry
+        finds its earlier attempt, and a copy made by MLflow's own HTTP retries (which repeat
+        a POST whose answer was lost) is deleted, keeping the run MLflow answered with."""
+        key = key or uuid.uuid4().hex
+        query = f"tags.`{key_tag}` = '{key}'"
+
+        def find() -> list[Run]:
+            return self.client.search_runs([experiment_id], filter_string=query,
+                                           run_view_type=ViewType.ACTIVE_ONLY,
+                                           order_by=["attributes.start_time ASC"],
+                                           max_results=10)
+
+        run = self.create_once("create run", lambda: self.client.create_run(
+            experiment_id, run_name=run_name, tags={**tags, key_tag: key}), find)
+        for copy in self.call("search runs", find):
+            if copy.info.run_id != run.info.run_id:
+                log.warning("deleted run %s, a copy of run %s made by a repeated request",
+                            copy.info.run_id, run.info.run_id)
+                self.call("delete run", self.client.delete_run, copy.info.run_id)
+        return run
+
     def log_batch(self, run_id: str, *, metrics: Iterable = (), params: Iterable = (),
                   tags: Iterable = ()) -> None:
         metrics, params, tags = list(metrics), list(params), list(tags)
@@ -175,11 +179,13 @@ class Tracker:
     def check(self) -> None:
         """Fail fast, before any training, when the store cannot be reached."""
         try:
-            if _is_http(self.uri):
+            if is_http(self.uri):
                 self.call("connect", _probe_http, self.uri, self.timeout)
             elif "://" in self.uri and not self.uri.startswith("databricks"):
                 self.call("connect", _probe_database, self.uri, self.timeout)
             self.call("connect", self.client.search_experiments, max_results=1)
+        except TrackingAuthError:
+            raise
         except TrackingError as e:
             raise TrackingError(
                 f"MLflow tracking store {self.masked_uri} unreachable: {_after_colon(e)}; "

@@ -1,65 +1,97 @@
 """The study's experiment and parent run, and the child runs under it.
 
-Shape (shared/DESIGN.md "MLflow shape"): one experiment per study, created once by
-`study create` (workers never race to create it); one parent run for the study, tagged
-`role=study`; one child run per trial (trial.py), tagged `mlflow.parentRunId`.
+Shape (shared/DESIGN.md "MLflow shape"): one experiment per study name, created once by
+`study create` (workers never race to create it); one parent run per study, tagged
+`role=study` and found by the study's key, never by its name; one child run per trial
+(trial.py), tagged `mlflow.parentRunId`.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from mlflow.entities import Param, Run, RunTag
 
-from celebhpo.errors import TrackingError
-from celebhpo.tracking.client import Tracker, artifact_root
+from celebhpo.errors import TrackingError, mask_url, without_credentials
+from celebhpo.tracking.client import Tracker
 from celebhpo.tracking.trial import RUN_STATUS, TrialRun, flatten_config
+from celebhpo.tracking.uris import artifact_location
 
-__all__ = ["child_runs", "close_orphan_runs", "create_study_run"]
+__all__ = ["STUDY_KEY_TAG", "child_runs", "close_orphan_runs", "create_study_run",
+           "supersede"]
+
+
+STUDY_KEY_TAG = "celebhpo.study_key"
 
 
 def create_study_run(tracker: Tracker, study_name: str, config: dict[str, Any], *,
-                     fresh: bool = False) -> tuple[str, str]:
-    """The study's experiment and parent run, created once; asked again for the same
-    study, returns the existing ones. `fresh=True` (a replaced study) starts a new parent
-    run and marks the old one `superseded`. Returns (experiment_id, parent_run_id)."""
-    experiment_id = _experiment(tracker, study_name)
+                     study_key: str | None = None, storage: str | None = None,
+                     artifacts: str | None = None) -> tuple[str, str]:
+    """The study's experiment (one per study name) and its parent run. Returns
+    (experiment_id, parent_run_id).
+
+    A parent run belongs to one study, found by `study_key` (tag celebhpo.study_key; the
+    study keeps the same key as a user attr), never by name: the same key again (a retried
+    create) returns the same run; another key (a new study of an old name, in a fresh or
+    another storage) gets a parent of its own beside the old ones, named "NAME (2)",
+    "NAME (3)", ... and tagged with its storage (without credentials). `artifacts` is where
+    a new experiment keeps artifacts (see uris.artifact_location)."""
+    experiment_id = _experiment(tracker, study_name, artifacts)
+    key = study_key or uuid.uuid4().hex
     parents = tracker.call(
         "search runs", tracker.client.search_runs, [experiment_id],
         filter_string="tags.role = 'study'", order_by=["attributes.start_time ASC"],
-        max_results=50,
+        max_results=1000,
     )
-    parents = [r for r in parents if r.data.tags.get("superseded") != "true"]
-    if parents and not fresh:
-        return experiment_id, parents[0].info.run_id
-    for old in parents:
-        tracker.call("tag run", tracker.client.set_tag, old.info.run_id, "superseded", "true")
-    run = tracker.call(
-        "create run", tracker.client.create_run, experiment_id, run_name=study_name,
-        tags={"role": "study", "study": study_name},
-    )
+    mine = [r for r in parents if r.data.tags.get(STUDY_KEY_TAG) == key]
+    if mine:
+        run_id = mine[0].info.run_id
+    else:
+        names = {r.info.run_name for r in parents}
+        run_name = next(n for n in (study_name, *(f"{study_name} ({i})" for i in
+                                                   range(2, len(names) + 3)))
+                        if n not in names)
+        tags = {"role": "study", "study": study_name}
+        if storage:
+            tags["storage"] = without_credentials(storage)
+        run_id = tracker.create_run(experiment_id, run_name, tags, key=key,
+                                    key_tag=STUDY_KEY_TAG).info.run_id
+    # logged again when a retry finds the run: MLflow accepts a param re-logged unchanged
     params = [Param(k, v) for k, v in flatten_config(config).items()]
-    tracker.log_batch(run.info.run_id, params=params,
-                       tags=[RunTag("mlflow.note.content", _study_note(study_name, config))])
+    tracker.log_batch(run_id, params=params,
+                      tags=[RunTag("mlflow.note.content", _study_note(study_name, config))])
     # The parent stands for the study, not for a process: it is FINISHED at once (MLflow
     # still accepts its artifacts and metrics), so no worker's exit leaves it RUNNING.
-    tracker.call("end run", tracker.client.set_terminated, run.info.run_id, "FINISHED")
-    return experiment_id, run.info.run_id
+    tracker.call("end run", tracker.client.set_terminated, run_id, "FINISHED")
+    return experiment_id, run_id
 
 
-def _experiment(tracker: Tracker, name: str) -> str:
+def supersede(tracker: Tracker, parent_run_id: str) -> None:
+    """Tag the parent run of a replaced (deleted) study `superseded`."""
+    tracker.call("tag run", tracker.client.set_tag, parent_run_id, "superseded", "true")
+
+
+def _experiment(tracker: Tracker, name: str, artifacts: str | None) -> str:
     client = tracker.client
     exp = tracker.call("get experiment", client.get_experiment_by_name, name)
     if exp is None:
+        location = artifact_location(tracker.uri, artifacts)  # a database without one: refused
         try:
             return tracker.call("create experiment", client.create_experiment, name,
-                                 artifact_location=artifact_root(tracker.uri),
-                                 tags={"celebhpo.study": name})
+                                 artifact_location=location, tags={"celebhpo.study": name})
         except TrackingError:
             # Another process may have created it between our look and our create.
             exp = tracker.call("get experiment", client.get_experiment_by_name, name)
             if exp is None:
                 raise
+    wanted = artifact_location(tracker.uri, artifacts) if artifacts else None
+    if wanted and exp.artifact_location != wanted:
+        raise TrackingError(
+            f"MLflow experiment '{name}' in {tracker.masked_uri} keeps its artifacts at "
+            f"{mask_url(exp.artifact_location)}, not {mask_url(wanted)}: an experiment's "
+            "artifact location cannot change; pass that location, or --name for a new study"
+        )
     if exp.lifecycle_stage == "deleted":
         tracker.call("restore experiment", client.restore_experiment, exp.experiment_id)
     return exp.experiment_id

@@ -113,10 +113,7 @@ def start_trial(tracker: Tracker, experiment_id: str, parent_run_id: str, trial_
     }
     for key, value in (tags or {}).items():
         all_tags[key] = one_line(str(value), 5000)
-    run = tracker.call(
-        "create run", tracker.client.create_run, experiment_id,
-        run_name=trial_run_name(trial_number, params), tags=all_tags,
-    )
+    run = tracker.create_run(experiment_id, trial_run_name(trial_number, params), all_tags)
     trial_run = TrialRun(tracker, run.info.run_id, trial_number)
     tracker.log_batch(run.info.run_id,
                        params=[Param(k, v) for k, v in flatten_config(config).items()])

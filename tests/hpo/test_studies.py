@@ -225,7 +225,8 @@ def test_random_search_with_ranges(tmp_path, synth_root, storage, tracking_uri):
     # the stored db is a plain SQLite file holding our attrs
     with sqlite3.connect(storage[len("sqlite:///"):]) as db:
         keys = {k for (k,) in db.execute("select key from study_user_attributes")}
-    assert {"config", "grid", "tracking_uri", "experiment_id", "parent_run_id"} <= keys
+    assert {"config", "grid", "tracking_uri", "experiment_id", "parent_run_id",
+            "study_key"} <= keys
 
 
 def test_unreachable_tracking_store_stops_before_any_training(

@@ -23,6 +23,7 @@ from celebhpo.tracking import (
     refresh_parent,
     resolve_tracking_uri,
     start_trial,
+    supersede,
     trial_run_name,
     ui_command,
 )
@@ -71,10 +72,11 @@ def test_run_names_and_flattening():
     assert "hunter2" not in flat["data.root"] and "alice:***@" in flat["data.root"]
 
 
-def test_study_run_created_once(tracker):
-    exp1, parent1 = create_study_run(tracker, "once", CONFIG)
-    exp2, parent2 = create_study_run(tracker, "once", CONFIG)
-    assert (exp1, parent1) == (exp2, parent2)
+def test_parent_run_belongs_to_one_study_key(tracker):
+    exp1, parent1 = create_study_run(tracker, "once", CONFIG, study_key="k1",
+                                     storage="sqlite:////tmp/a.db")
+    # the same study asking again (a retried create) gets the same run
+    assert create_study_run(tracker, "once", CONFIG, study_key="k1") == (exp1, parent1)
     client = tracker.client
     exp = client.get_experiment(exp1)
     assert exp.name == "once"
@@ -83,13 +85,21 @@ def test_study_run_created_once(tracker):
                                      / "artifacts").as_uri()
     parent = client.get_run(parent1)
     assert parent.info.run_name == "once"
+    assert parent.data.tags["celebhpo.study_key"] == "k1"
+    assert parent.data.tags["storage"] == "sqlite:////tmp/a.db"
     assert parent.data.params["data.image_size"] == "32"
     assert parent.info.status == "FINISHED"  # nothing left RUNNING by `study create`
-    # a replaced study gets a new parent; the old one is marked superseded
-    _, parent3 = create_study_run(tracker, "once", CONFIG, fresh=True)
-    assert parent3 != parent1
+    # another study of the same name (a fresh storage, another storage): the same
+    # experiment, a parent of its own, named apart
+    exp2, parent2 = create_study_run(tracker, "once", CONFIG, study_key="k2")
+    exp3, parent3 = create_study_run(tracker, "once", CONFIG)  # no key: a new study
+    assert exp1 == exp2 == exp3 and len({parent1, parent2, parent3}) == 3
+    assert [client.get_run(p).info.run_name for p in (parent2, parent3)] == [
+        "once (2)", "once (3)"]
+    active = client.search_runs([exp1], filter_string="tags.role = 'study'")
+    assert len(active) == 3
+    supersede(tracker, parent1)
     assert client.get_run(parent1).data.tags["superseded"] == "true"
-    assert create_study_run(tracker, "once", CONFIG)[1] == parent3
 
 
 def test_trial_lifecycle_metrics_artifacts(tracker, tmp_path):

@@ -35,8 +35,8 @@ def test_study_through_a_tracking_server(tracking_server, tmp_path):
     base = tracking_server
     tracker = Tracker(base, retries=1, backoff=0.1)
     tracker.check()
-    exp, parent = create_study_run(tracker, "served", CONFIG)
-    assert create_study_run(tracker, "served", CONFIG) == (exp, parent)
+    exp, parent = create_study_run(tracker, "served", CONFIG, study_key="served-1")
+    assert create_study_run(tracker, "served", CONFIG, study_key="served-1") == (exp, parent)
 
     # (trial number, epochs run, end state)
     plan = [(0, 3, "COMPLETE"), (1, 1, "PRUNED"), (2, 2, "COMPLETE"), (3, 0, "FAIL")]
