@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 from mlflow import MlflowClient
 
+from celebhpo.cli import cli
 from celebhpo.config import load_study_file
 from celebhpo.errors import TrackingError
 from celebhpo.hpo import create_study, list_studies, load_study, optimize
@@ -97,8 +99,15 @@ def test_a_database_tracking_uri_needs_artifacts_every_worker_reaches(
     assert list_studies(storage).empty  # nothing half-made
     assert MlflowClient(pg_url).get_experiment_by_name("pgart") is None
 
+    # the command line says the same in one line, and takes the flag it names
+    create = ["study", "create", str(tmp_path / "s.toml"), "--grid", "--storage", storage,
+              "--tracking-uri", pg_url]
+    refused = CliRunner().invoke(cli, create)
+    assert refused.exit_code == 1 and refused.output.count("\n") == 1, refused.output
+    assert "--artifacts-destination" in refused.output
     shared = tmp_path / "shared" / "artifacts"
-    create_study(cfg, storage=storage, grid=True, tracking_uri=pg_url, artifacts=str(shared))
+    made = CliRunner().invoke(cli, [*create, "--artifacts-destination", str(shared)])
+    assert made.exit_code == 0, made.output
     attrs = load_study("pgart", storage)[0].user_attrs
     client = MlflowClient(pg_url)
     assert client.get_experiment(attrs["experiment_id"]).artifact_location == shared.as_uri()
