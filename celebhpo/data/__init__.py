@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ATTRIBUTES", "IMAGENET_MEAN", "IMAGENET_STD", "VISIBLE_ATTRIBUTES", "BatchLoader", "CelebA",
-    "DataBundle", "DecodedImages", "SplitData", "decode_images", "default_cache_dir",
+    "DataBundle", "DecodedImages", "SplitData", "check_split_sizes", "decode_images",
+    "default_cache_dir",
     "inspect_dataset", "load_data", "load_image", "normalize", "read_celeba", "select_split",
     "synthesize",
 ]
@@ -85,3 +86,14 @@ def load_data(cfg: DataConfig, splits: Sequence[str] = ("train", "val"),
         skipped += decoded.bad
     return DataBundle(attributes=list(ds.attributes), splits=out, skipped=skipped, root=root,
                       layout=ds.layout)
+
+
+def check_split_sizes(cfg: DataConfig) -> None:
+    """DataError (one line naming the file and the key) when `[data] *_size` asks for more
+    images than a split has. Nothing when `cfg.root` is not reachable from here: workers on
+    other machines may see it where this one does not."""
+    if not Path(cfg.root).is_dir():
+        return
+    ds = read_celeba(cfg.root, cfg.layout)
+    for split in ("train", "val", "test"):
+        select_split(ds, split, cfg.split_size(split), cfg.subset, cfg.subset_seed)

@@ -21,6 +21,7 @@ import optuna
 import pandas as pd
 
 from celebhpo.config import StudyConfig
+from celebhpo.data import check_split_sizes
 from celebhpo.errors import ConfigError, StudyError, without_credentials
 from celebhpo.hpo.results import STATE_ORDER, best_trial, state_counts
 from celebhpo.hpo.space import grid_trials, make_pruner, make_sampler
@@ -72,6 +73,7 @@ def create_study(
         raise StudyError(f"study name {name!r} must be non-empty and without '/'")
     grid = grid or cfg.study.sampler == "grid"
     stored = _resolved_config(cfg, grid, name)
+    check_split_sizes(stored.data)  # now, not when the first trial decodes its images
     if grid:
         stored.grid()  # a range in [space] is a ConfigError naming the key
     else:

@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 from celebhpo.config import load_study_file
-from celebhpo.errors import ConfigError, StudyError, TrackingError
+from celebhpo.errors import ConfigError, DataError, StudyError, TrackingError
 from celebhpo.hpo import (
     create_study,
     launch_workers,
@@ -80,6 +80,21 @@ def test_grid_with_a_range_is_an_error(tmp_path, synth_root, storage, tracking_u
     assert not (tmp_path / "studies").exists()  # nothing half-made, not even the storage
     # the same space is fine for a sampler that searches ranges
     cfg.study.sampler = "random"
+    assert create_study(cfg, storage=storage, tracking_uri=tracking_uri).created
+
+
+def test_split_sizes_beyond_the_data_are_refused_at_create(tmp_path, synth_root, storage,
+                                                            tracking_uri):
+    """synth_root has 30 test images: asking for 50 fails now, not in the first trial (or
+    at export), and nothing is made; data that is not reachable from here is not checked."""
+    cfg = load_study_file(write_study(tmp_path / "s.toml", synth_root, name="sizes"),
+                          overrides=["data.test_size=50"])
+    with pytest.raises(DataError) as info:
+        create_study(cfg, storage=storage, tracking_uri=tracking_uri)
+    assert "asked for 50 test images but the split has 30; lower data.test_size" in str(info.value)
+    assert not (tmp_path / "studies").exists()
+    assert MlflowClient(tracking_uri).get_experiment_by_name("sizes") is None
+    cfg.data.root = str(tmp_path / "on-the-workers-only")
     assert create_study(cfg, storage=storage, tracking_uri=tracking_uri).created
 
 
