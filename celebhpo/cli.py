@@ -57,13 +57,9 @@ def storage_option(f):
 
 
 def tracking_option(f):
-    return click.option(
-        "--tracking-uri",
-        default=None,
-        metavar="URI",
-        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db "
-        "with artifacts in mlruns/artifacts).",
-    )(f)
+    return click.option("--tracking-uri", default=None, metavar="URI", help="MLflow tracking "
+                        "URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db with "
+                        "artifacts in mlruns/artifacts).")(f)
 
 
 def device_option(f):
@@ -77,13 +73,9 @@ def study_option(f):
 
 
 def backend_option(f):
-    return click.option(
-        "--backend",
-        type=click.Choice(["torch", "torchscript", "onnx"]),
-        default="torch",
-        show_default=True,
-        help="Run model.pt (torch), model.ts or model.onnx of an exported folder.",
-    )(f)
+    return click.option("--backend", type=click.Choice(["torch", "torchscript", "onnx"]),
+                        default="torch", show_default=True, help="Run model.pt (torch), "
+                        "model.ts or model.onnx of an exported folder.")(f)
 
 
 def threshold_option(f):

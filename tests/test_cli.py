@@ -37,3 +37,21 @@ def test_bad_study_file_is_one_line_no_traceback(tmp_path: Path):
     assert lines == [f"Error: {bad}: unknown [train] key 'lrr'; did you mean 'lr'? "
                      f"(valid: {lines[0].split('(valid: ')[1]}"]
     assert not (tmp_path / "s.db").exists(), "nothing may be written on bad input"
+
+
+def test_next_hint_after_study_create_pastes_into_a_shell(tmp_path: Path, synth_root: Path):
+    """A storage path with a space: the printed command must split back into the same argv."""
+    import shlex
+
+    from tests.helpers import write_study
+
+    folder = tmp_path / "with space"
+    folder.mkdir()
+    storage = f"sqlite:///{folder / 's.db'}"
+    study = write_study(tmp_path / "s.toml", synth_root, name="spaced")
+    result = CliRunner().invoke(cli, ["study", "create", str(study), "--grid", "--storage",
+                                      storage, "--tracking-uri",
+                                      f"sqlite:///{folder / 'mlflow.db'}"])
+    assert result.exit_code == 0, result.output
+    hint = result.output.split("Next: ", 1)[1].strip()
+    assert shlex.split(hint) == ["celebhpo", "optimize", "--study", "spaced", "--storage", storage]

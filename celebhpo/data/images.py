@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 import warnings
 from pathlib import Path
@@ -40,21 +41,42 @@ def load_image(path: str | Path, size: int, crop: str = "squash") -> np.ndarray:
         raise DataError(f"image size must be positive, got {size}")
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            # PIL warns on palette transparency (converted anyway) and on a corrupt EXIF block
-            # (read as upright); neither is news to the user, once per image
-            warnings.simplefilter("ignore", UserWarning)
-            arr = _decode(path, size, crop)
+        try:
+            arr = _decode_quietly(path, size, crop, bomb="error")
+        except Image.DecompressionBombWarning as e:
+            # over PIL's warning limit, under its error limit: PIL decodes these, so do we
+            warnings.warn(f"{path}: {_bomb_pixels(e)} pixels, over PIL's decompression-bomb "
+                          f"warning limit of {Image.MAX_IMAGE_PIXELS:,}; decoded anyway",
+                          stacklevel=2)
+            arr = _decode_quietly(path, size, crop, bomb="ignore")
     except FileNotFoundError as e:
         raise DataError(f"{path}: file not found") from e
     except Image.DecompressionBombError as e:
-        raise DataError(f"{path}: image too large to decode safely") from e
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise DataError(f"{path}: image too large: {_bomb_pixels(e)} pixels (PIL's limit "
+                        f"{limit:,})") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # PIL raises all of these
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"{path}: cannot decode ({reason})") from e
     if arr.shape != (size, size, 3):  # never expected; guards the cache's fixed shape
         raise DataError(f"{path}: decoded to shape {arr.shape}, expected ({size}, {size}, 3)")
     return arr
+
+
+def _decode_quietly(path: Path, size: int, crop: str, bomb: str) -> np.ndarray:
+    """`_decode` with PIL's DecompressionBombWarning raised (`bomb="error"`) or ignored."""
+    with warnings.catch_warnings():
+        # PIL warns on palette transparency (converted anyway) and on a corrupt EXIF block
+        # (read as upright); neither is news to the user, once per image
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter(bomb, Image.DecompressionBombWarning)  # type: ignore[arg-type]
+        return _decode(path, size, crop)
+
+
+def _bomb_pixels(e: Exception) -> str:
+    """The pixel count in PIL's decompression-bomb message ("Image size (N pixels) ...")."""
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    return f"{int(found.group(1)):,}" if found else "too many"
 
 
 def _decode(path: Path, size: int, crop: str) -> np.ndarray:

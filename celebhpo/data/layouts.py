@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -178,6 +179,11 @@ def _read_attributes(path: Path, csv: bool) -> tuple[list[str], np.ndarray]:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise DataError(f"{path}:{first + 1}: attribute column {dup[0]!r} appears twice")
+    extra = [n for n in names if n not in ATTRIBUTES]
+    if extra:
+        warnings.warn(f"{path}:{first + 1}: ignoring {len(extra)} column(s) that are not CelebA "
+                      f"attributes: {', '.join(map(repr, extra[:8]))}"
+                      f"{' ...' if len(extra) > 8 else ''}", stacklevel=1)
     cols = [names.index(a) for a in ATTRIBUTES]
     width = len(names) + 1
 
@@ -204,7 +210,7 @@ def _read_attributes(path: Path, csv: bool) -> tuple[list[str], np.ndarray]:
     if not ok.all():
         r, c = map(int, np.argwhere(~ok)[0])
         raise DataError(f"{path}:{line_of[r]}: column {ATTRIBUTES[c]} (field {cols[c] + 2}) "
-                        f"has {table[r, c]!r}; values must be -1/1 or 0/1")
+                        f"has {str(table[r, c])!r}; values must be -1/1 or 0/1")
     labels = (table == "1").astype(np.uint8)
     return ids, labels
 

@@ -22,8 +22,8 @@ from typing import Any
 import optuna
 import torch
 
-from celebhpo._io import to_jsonable
-from celebhpo.errors import CelebhpoError, StudyError
+from celebhpo._io import check_writable, output_errors, to_jsonable
+from celebhpo.errors import StudyError
 from celebhpo.export.card import CARD_FILES, model_card, split_metrics
 from celebhpo.export.formats import (
     check_inputs,
@@ -81,34 +81,21 @@ def export_best(
     if "onnx" in wanted:
         require_onnx()
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise CelebhpoError(f"--out {out} is a file; give a folder for the exported model")
+    check_writable(out, "--out", folder=True)  # before the study is even opened
     chosen = _choose(study_name, storage)
     tracker = Tracker(tracking_uri or chosen.study.user_attrs.get("tracking_uri"))
     tracker.check()
     torch_device = resolve_device(device, key="--device")
 
     # download, evaluate on val and test, build and check, publish: in a folder beside `out`
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        payload = load_checkpoint(download_checkpoint(tracker, chosen.run_id, tmp / "download"))
-        model = model_from_checkpoint(payload).to(torch_device).eval()
-        evaluations = evaluate_splits(model, payload, torch_device, ("val", "test"), progress)
-        names = _model_files(wanted)
-        checks = _build(tmp / "build", model, payload, evaluations, names, chosen)
-        card_md, card = model_card(
-            payload=payload, study_name=chosen.study.study_name, storage=storage,
-            trial=chosen.trial, metric=metric_name(chosen.study),
-            direction=chosen.study.direction.name.lower(), run_id=chosen.run_id,
-            tracking_uri=tracker.uri, evaluations=evaluations, files=names, checks=checks,
-        )
-        (tmp / "build" / "model_card.md").write_text(card_md, encoding="utf-8")
-        (tmp / "build" / "model_card.json").write_text(
-            json.dumps(card, indent=2, default=to_jsonable), encoding="utf-8")
-        files = _publish(tmp / "build", out, names + list(CARD_FILES))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with output_errors(out, "--out", folder=True):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        try:
+            files, evaluations, checks = _export_via(tmp, out, wanted, chosen, tracker, storage,
+                                                     torch_device, progress)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     result = ExportResult(
         out=out, study_name=chosen.study.study_name, trial_number=chosen.trial.number,
@@ -140,6 +127,29 @@ def _choose(study_name: str | None, storage: str) -> _Chosen:
             "mlflow_run_id); it was not tracked, so there is no checkpoint to export"
         )
     return _Chosen(study, best, run_id)
+
+
+def _export_via(tmp: Path, out: Path, wanted: list[str], chosen: _Chosen, tracker: Tracker,
+                storage: str, device: torch.device, progress: bool,
+                ) -> tuple[list[Path], dict[str, SplitEvaluation], dict[str, float]]:
+    """Download, evaluate, build and check in `tmp`, then publish into `out` ->
+    (files, evaluations, format checks)."""
+    payload = load_checkpoint(download_checkpoint(tracker, chosen.run_id, tmp / "download"))
+    model = model_from_checkpoint(payload).to(device).eval()
+    evaluations = evaluate_splits(model, payload, device, ("val", "test"), progress)
+    names = _model_files(wanted)
+    checks = _build(tmp / "build", model, payload, evaluations, names, chosen)
+    card_md, card = model_card(
+        payload=payload, study_name=chosen.study.study_name, storage=storage,
+        trial=chosen.trial, metric=metric_name(chosen.study),
+        direction=chosen.study.direction.name.lower(), run_id=chosen.run_id,
+        tracking_uri=tracker.uri, evaluations=evaluations, files=names, checks=checks,
+    )
+    (tmp / "build" / "model_card.md").write_text(card_md, encoding="utf-8")
+    (tmp / "build" / "model_card.json").write_text(
+        json.dumps(card, indent=2, default=to_jsonable), encoding="utf-8")
+    files = _publish(tmp / "build", out, names + list(CARD_FILES))
+    return files, evaluations, checks
 
 
 def _model_files(wanted: list[str]) -> list[str]:

@@ -6,6 +6,7 @@ logits on real and random inputs (within RTOL/ATOL). File names come from
 from __future__ import annotations
 
 import copy
+import io
 import math
 import warnings
 from pathlib import Path
@@ -69,7 +70,11 @@ def export_torchscript(model: torch.nn.Module, example: torch.Tensor, check: tor
         # torch marks jit deprecated; TorchScript is still what C++/mobile runtimes load
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, example, check_trace=False)
-        traced.save(str(tmp))
+        # through bytes: torch's own file writer reports a full or read-only disk as a
+        # RuntimeError without the file's name; a plain write raises the OSError that names it
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+        tmp.write_bytes(buffer.getbuffer())
         loaded = torch.jit.load(str(tmp), map_location="cpu").eval()
         return _same("torchscript", model(check), loaded(check))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import shlex
 from collections.abc import Callable, Iterable
 
 import optuna
@@ -71,7 +72,7 @@ def require_best_trial(study: optuna.Study, storage: str) -> FrozenTrial:
         seen = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials"
         raise StudyError(
             f"study '{name}' in {mask_url(storage)} has no completed trial ({seen}); "
-            f"run `celebhpo optimize --study {name}` first"
+            f"run `celebhpo optimize --study {shlex.quote(name)}` first"
         )
     return best
 

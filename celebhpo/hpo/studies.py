@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,8 +164,9 @@ def _resolved_config(cfg: StudyConfig, grid: bool, name: str) -> StudyConfig:
 
 
 def _run_hint(name: str, spec: StorageSpec) -> str:
-    storage = "" if spec.url == DEFAULT_STORAGE else f" --storage {spec.masked}"
-    return f"celebhpo optimize --study {name}{storage}"
+    """The command to run next, quoted so that it pastes into a shell as it is."""
+    storage = "" if spec.url == DEFAULT_STORAGE else f" --storage {shlex.quote(spec.masked)}"
+    return f"celebhpo optimize --study {shlex.quote(name)}{storage}"
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from celebhpo._io import atomic_write
+from celebhpo._io import atomic_write, check_writable, output_errors
 from celebhpo.config import StudyConfig
 from celebhpo.data import BatchLoader, SplitData, load_data, read_celeba, select_split
 from celebhpo.errors import CheckpointError, DataError
@@ -67,6 +67,8 @@ def evaluate(model: Predictor | str | Path, data_root: str | Path, split: str = 
 
     `metrics["threshold"]` names the chosen thresholds and is the key of their metrics
     (`metrics["tuned"]`, `metrics["0.3"]`); `metrics["0.5"]` holds those at 0.5."""
+    if out_dir is not None:
+        check_writable(out_dir, "--out", folder=True)  # before the work, not after it
     predictor = model if isinstance(model, Predictor) else load_model(model)
     thresholds, label = resolve_thresholds(predictor, threshold)  # a bad value fails first
     data_root = Path(data_root)
@@ -99,7 +101,8 @@ def evaluate(model: Predictor | str | Path, data_root: str | Path, split: str = 
         **scores,
     }
     if out_dir is not None:
-        metrics["written"] = _write(Path(out_dir), metrics, report)
+        with output_errors(out_dir, "--out", folder=True):
+            metrics["written"] = _write(Path(out_dir), metrics, report)
     return metrics, report
 
 

@@ -20,8 +20,8 @@ from celebhpo.data import load_image
 from celebhpo.errors import CelebhpoError, DataError
 from celebhpo.inference.predictor import Predictor
 
-__all__ = ["HALF", "IMAGE_SUFFIXES", "PredictionResult", "list_images", "predict",
-           "predict_paths", "resolve_thresholds"]
+__all__ = ["HALF", "IMAGE_SUFFIXES", "PredictionResult", "first_reasons", "list_images",
+           "predict", "predict_paths", "resolve_thresholds"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 HALF = "0.5"  # the label of 0.5 for every attribute, beside "tuned"
@@ -68,6 +68,12 @@ def resolve_thresholds(predictor: Predictor, threshold: str | float) -> tuple[np
             f"threshold {threshold!r} is not valid: use tuned, 0.5, or a number between 0 and 1"
         )
     return np.full(len(predictor.attributes), value), f"{value:g}"
+
+
+def first_reasons(skipped: Sequence[tuple[str, str]], n: int = 3) -> str:
+    """"name: reason; name: reason ..." for the first `n` skipped images."""
+    more = f"; and {len(skipped) - n} more" if len(skipped) > n else ""
+    return "; ".join(f"{name}: {reason}" for name, reason in skipped[:n]) + more
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -145,6 +151,9 @@ def predict(predictor: Predictor, inputs: Sequence[str | Path], threshold: str |
         )
     kept, probs, bad = predict_paths(predictor, paths, batch_size, progress)
     skipped += [(str(paths[i]), reason) for i, reason in bad]
+    if not kept:
+        raise DataError(f"none of the {len(skipped)} input images could be read: "
+                        + first_reasons(skipped) + "; check the files (or the paths)")
     return PredictionResult(images=[str(paths[i]) for i in kept], probs=probs,
                             thresholds=thresholds, threshold_label=label,
                             attributes=list(predictor.attributes), skipped=skipped)

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from celebhpo._io import atomic_open
+from celebhpo._io import atomic_open, check_writable, output_errors
 from celebhpo.errors import CelebhpoError, DataError
 from celebhpo.inference.expr import Expression, parse_expression
 from celebhpo.inference.predict import (
     IMAGE_SUFFIXES,
+    first_reasons,
     list_images,
     predict_paths,
     resolve_thresholds,
@@ -72,8 +73,13 @@ def retrieve(predictor: Predictor, image_dir: str | Path, where: str, top: int =
     thresholds, label = resolve_thresholds(predictor, threshold)
     if not 0.0 <= min_score <= 1.0:
         raise CelebhpoError(f"min_score must be between 0 and 1, got {min_score}")
+    if sheet is not None:
+        check_writable(sheet, "--sheet")
     folder = Path(image_dir)
     got = predict_folder(predictor, folder, batch_size=batch_size, progress=progress)
+    if not got.names:
+        raise DataError(f"none of the {len(got.skipped)} images in {folder} could be read: "
+                        f"{first_reasons(got.skipped)}; check the files")
     frame, n_matches = rank(expr, got.names, got.probs, predictor.attributes, thresholds,
                             top=top, min_score=min_score)
     frame.insert(0, "image", [str(folder / n) for n in frame.pop("image")])
@@ -84,9 +90,10 @@ def retrieve(predictor: Predictor, image_dir: str | Path, where: str, top: int =
     if sheet is not None:
         captions = [f"{s:.3f}  {Path(p).name}" for p, s in zip(frame["image"], frame["score"],
                                                             strict=True)]
-        result.sheet = contact_sheet(
-            list(frame["image"]), captions, sheet,
-            title=f"{expr}  ({n_matches} of {len(got.names)} match, {label} thresholds)")
+        with output_errors(sheet, "--sheet"):
+            result.sheet = contact_sheet(
+                list(frame["image"]), captions, sheet,
+                title=f"{expr}  ({n_matches} of {len(got.names)} match, {label} thresholds)")
     return result
 
 

@@ -24,6 +24,7 @@ Imports no optuna/mlflow.
 
 from __future__ import annotations
 
+import io
 import math
 import pickle
 import warnings
@@ -64,8 +65,12 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     payload.setdefault("version", VERSION)
     clean = _plain(payload, "payload")
     _validate(clean, path)
+    # serialised in memory first: torch's own file writer reports a full disk as a
+    # RuntimeError without the file's name, a plain write an OSError naming it
+    buffer = io.BytesIO()
+    torch.save(clean, buffer)
     with atomic_path(path, durable=True) as tmp:
-        torch.save(clean, tmp)
+        tmp.write_bytes(buffer.getbuffer())
     return path
 
 

@@ -107,6 +107,35 @@ def test_bad_value_names_file_line_and_column(tiny):
     assert "list_attr_celeba.csv:4" in msg and "Eyeglasses" in msg and "'2'" in msg
 
 
+def test_bad_value_is_printed_as_written(tiny):
+    """The value as it stands in the file, not numpy's repr of it (np.str_('yes'))."""
+    lines = list(tiny.attr)
+    fields = lines[5].split(",")
+    fields[1 + ATTRIBUTES.index("Smiling")] = "yes"
+    lines[5] = ",".join(fields)
+    root = tiny(attr_lines=lines)
+    msg = _err(root)
+    assert msg == (f"{root / 'list_attr_celeba.csv'}:6: column Smiling (field "
+                   f"{2 + ATTRIBUTES.index('Smiling')}) has 'yes'; values must be -1/1 or 0/1")
+
+
+def test_extra_columns_are_read_around_with_a_warning(tiny):
+    plain = read_celeba(tiny())
+    header, *rows = tiny.attr
+    lines = [header.replace(",Male,", ",Notes,Male,") + ",Source"]
+    for row in rows:
+        fields = row.split(",")
+        at = 1 + ATTRIBUTES.index("Male")
+        lines.append(",".join([*fields[:at], "free text", *fields[at:], "web"]))
+    root = tiny(attr_lines=lines)
+    with pytest.warns(UserWarning) as seen:
+        ds = read_celeba(root)
+    assert [str(w.message) for w in seen] == [
+        f"{root / 'list_attr_celeba.csv'}:1: ignoring 2 column(s) that are not CelebA "
+        "attributes: 'Notes', 'Source'"]
+    assert ds.ids == plain.ids and np.array_equal(ds.labels, plain.labels)
+
+
 def test_wrong_field_count(tiny):
     lines = list(tiny.attr)
     lines[5] += ",1"

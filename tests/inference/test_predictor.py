@@ -493,7 +493,7 @@ def test_retrieve_returns_only_faces_above_the_threshold(trained, heldout, predi
 
     def cli_matches(*extra: str) -> dict[str, float]:
         run = CliRunner().invoke(cli, ["retrieve", str(trained["export"]), str(heldout["dir"]),
-                                       "--where", attr, "--top", "0", "--format", "csv",
+                                       "--where", attr, "--top", str(HELDOUT), "--format", "csv",
                                        *extra])
         assert run.exit_code == 0, run.output
         frame = pd.read_csv(io.StringIO(run.stdout))
