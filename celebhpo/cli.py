@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import json
-import shlex
 import subprocess
 import sys
 import warnings
@@ -410,16 +409,20 @@ def retrieve_cmd(model: Path, image_dir: Path, where: str, top: int, min_score: 
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Bind address; the default keeps the UI on this machine.")
 @click.option("--port", default=5000, show_default=True)
+@click.option("--study", "study_name", default=None, metavar="NAME",
+              help="Print the URL of this study's runs (default: every study's).")
 @tracking_option
-def ui_cmd(host: str, port: int, tracking_uri: str | None) -> None:
+def ui_cmd(host: str, port: int, study_name: str | None, tracking_uri: str | None) -> None:
     """Open the MLflow UI on the study's store (binds to 127.0.0.1 unless told otherwise).
 
-    Example: celebhpo ui --port 5000   then open http://127.0.0.1:5000
-    """
-    from celebhpo.tracking import ui_command
+    Prints the URL that lands on each study's runs table, then serves until Ctrl-C.
 
-    argv = ui_command(tracking_uri, host=host, port=port)
-    click.echo(mask_url(shlex.join(argv)), err=True)
+    Example: celebhpo ui --study demo --port 5000
+    """
+    from celebhpo.tracking.ui import ui_launch
+
+    argv, lines = ui_launch(tracking_uri, host=host, port=port, study=study_name)
+    click.echo("\n".join(lines), err=True)
     sys.exit(subprocess.call(argv))
 
 

@@ -1,4 +1,9 @@
-"""`optimize --devices 0,1,...`: one `celebhpo optimize` process per GPU on a shared study."""
+"""`optimize --devices 0,1,...`: one `celebhpo optimize` process per GPU on a shared study.
+
+The launcher reaps each worker as it exits, whichever exits first: a worker killed (kill -9,
+the OOM killer) must not linger as a zombie, which the survivors would take for a live worker
+still running its trial (liveness.py also counts zombies as dead).
+"""
 
 from __future__ import annotations
 
@@ -18,9 +23,10 @@ WORKER_ENV = "CELEBHPO_WORKER"  # set by launch_workers: the child's label, e.g.
 
 def launch_workers(devices: list[str], args: list[str]) -> int:
     """Start `python -m celebhpo *args` once per device with CUDA_VISIBLE_DEVICES=device and
-    wait for all. Ctrl-C/SIGTERM is passed on once (each worker fails its running trial,
-    re-queues it and exits); a second one kills the workers. Returns the exit code: 0 when
-    every worker succeeded, 130 when interrupted, else the first failing worker's code.
+    wait for all, reaping each as it exits. Ctrl-C/SIGTERM is passed on once (each worker
+    fails its running trial, re-queues it and exits); a second one kills the workers. Returns
+    the exit code: 0 when every worker succeeded, 130 when interrupted, else the first failing
+    worker's code (128 + N for a worker killed by signal N).
 
     `args` must name a storage several processes can share (journal file or PostgreSQL).
     """
@@ -61,7 +67,7 @@ def launch_workers(devices: list[str], args: list[str]) -> int:
                                     start_new_session=True)
             procs.append((device, proc))
             print(f"worker gpu{device}: pid {proc.pid}", file=sys.stderr)
-        codes = [(device, proc.wait()) for device, proc in procs]
+        codes = _reap(procs)
     finally:
         for _, proc in procs:  # only if we are leaving on an error of our own
             if proc.poll() is None:
@@ -69,12 +75,34 @@ def launch_workers(devices: list[str], args: list[str]) -> int:
                 proc.wait()
         for s, handler in previous.items():
             signal.signal(s, handler)
-    failed = [(d, c) for d, c in codes if c != 0]
-    for device, code in failed:
-        print(f"worker gpu{device} exited with code {code}", file=sys.stderr)
+    failed = [code for code in codes if code != 0]
     if interrupts:
         return 130
-    return failed[0][1] if failed else 0
+    return failed[0] if failed else 0
+
+
+def _reap(procs: list[tuple[str, subprocess.Popen]]) -> list[int]:
+    """Wait for every worker, in the order they exit (`Popen.wait` on each in turn would leave
+    a worker that dies early a zombie until those before it end). Returns the exit codes in
+    exit order, 128 + N for a worker killed by signal N (the shell's convention)."""
+    by_pid = {proc.pid: (device, proc) for device, proc in procs}
+    codes = []
+    while by_pid:
+        try:
+            pid, status = os.waitpid(-1, 0)  # any child; retried after our signal handler
+        except ChildProcessError:  # none left (already reaped elsewhere)
+            pid, status = next(iter(by_pid)), None
+        if pid not in by_pid:
+            continue
+        device, proc = by_pid.pop(pid)
+        if status is not None:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        code = proc.wait()
+        if code != 0:
+            how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            print(f"worker gpu{device} {how}", file=sys.stderr)
+        codes.append(code if code >= 0 else 128 - code)
+    return codes
 
 
 def _arg_value(args: list[str], flag: str) -> str | None:

@@ -1,89 +1,58 @@
 """Who owns a trial: claiming a queued trial, heartbeats, recognising trials of dead workers,
 failing and re-queueing them. The ONLY module of celebhpo that touches Optuna internals
-(`study._storage`, `trial._trial_id`, the cached storage's `_backend`); each use names the
-public API Optuna lacks.
+(`study._storage`, `trial._trial_id`, the cached storage's `_backend`, the RDB models for an
+atomic claim); each use names the public API Optuna lacks.
+
+Claiming: every trial a worker runs is a WAITING trial (a grid point, a re-queued trial, or an
+empty slot it queued for the sampler) that it moves to RUNNING; exactly one worker wins the
+move on every storage (on SQL storages one conditional UPDATE: SQLite ignores SELECT ... FOR
+UPDATE). The winner's owner record (owner.py: user attrs `host`, `pid`, `pid_start` — a
+recycled pid is not the worker — and `pid_ns` — a container's pids are not ours) and, on
+heartbeat storages, its first heartbeat are written in the same transaction on SQLite and
+PostgreSQL; on a journal file right after the claim.
 
 Rule for trials left RUNNING by a dead worker (kill -9, power loss):
 - on a server database (PostgreSQL) the heartbeat decides, for every machine: a trial without
   a heartbeat for `grace_period` seconds is failed and re-queued by any worker;
-- on SQLite and journal files (one machine) every trial records the `host`, `pid`,
-  `pid_start` (process start time: a recycled pid is not the worker) and `pid_ns` (pid
-  namespace: a container's pids are not ours) of its worker; a RUNNING trial whose worker
-  ran here and is gone is failed and re-queued by the next celebhpo worker to look (a re-run
-  `optimize` on SQLite, a surviving worker on a journal file).
+- on SQLite and journal files (one machine) a RUNNING trial whose worker ran here and is gone
+  (no such process, a zombie, or a different process under its pid) is failed and re-queued
+  by the next celebhpo worker to look (a re-run `optimize` on SQLite, a surviving worker);
+- everywhere, a RUNNING trial without a complete owner record whose `datetime_start` is more
+  than `grace_period` seconds old is failed and re-queued: its worker died between claiming
+  it and recording itself (a journal file's short window, or a claim made outside celebhpo).
 Nothing else is touched: without heartbeats nothing can tell another machine's slow worker
-from a dead one. A re-queued trial is re-run at most MAX_RETRY times.
+from a dead one. A re-queued trial is re-run at most MAX_RETRY times. A worker that was only
+slow (stopped past `grace_period`) has lost its trial to the re-run: `trial_taken_over` tells
+it to drop the trial.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import warnings
 from contextlib import AbstractContextManager, nullcontext
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["MAX_RETRY", "RequeueStale", "claim_waiting_trial", "fail_and_requeue", "heartbeat",
-           "heartbeat_interval", "is_dead_local", "is_local", "own_running_trials",
-           "recover_lost_trials", "requeue", "requeue_finished", "worker_identity"]
+from celebhpo.hpo.owner import OWNER_KEYS, is_dead_local, is_local, is_owned, worker_identity
+
+__all__ = ["MAX_RETRY", "OWNER_KEYS", "RequeueStale", "TrialTakenOver", "claim_new_trial",
+           "claim_waiting_trial", "fail_and_requeue", "heartbeat", "heartbeat_interval",
+           "is_dead_local", "is_local", "is_owned", "own_running_trials", "recover_lost_trials",
+           "requeue", "requeue_finished", "trial_taken_over", "worker_identity"]
 
 MAX_RETRY = 2  # a trial whose worker dies is re-run at most this many times
 
 
+class TrialTakenOver(Exception):
+    """This worker's trial was declared stale and re-queued elsewhere while it ran."""
+
+
 # -- who runs a trial ------------------------------------------------------------------------
-def _process_start(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux), or None elsewhere."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-def _pid_namespace() -> str | None:
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return None
-
-
-def worker_identity() -> dict[str, Any]:
-    """`host`, `pid`, `pid_start`, `pid_ns` of this process, stored as trial user attrs."""
-    pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "pid_start": _process_start(pid),
-            "pid_ns": _pid_namespace()}
-
-
-def is_local(attrs: dict[str, Any]) -> bool:
-    """Whether trial user attrs name a worker of this machine (host name and pid namespace)."""
-    return (attrs.get("host") == socket.gethostname() and isinstance(attrs.get("pid"), int)
-            and attrs.get("pid_ns") == _pid_namespace())
-
-
-def is_dead_local(attrs: dict[str, Any]) -> bool:
-    """Whether the worker described by trial user attrs ran on this machine and is gone."""
-    if not is_local(attrs):
-        return False
-    pid = attrs["pid"]
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass  # someone else's live process holds that pid now
-    start = attrs.get("pid_start")
-    return start is not None and _process_start(pid) not in (None, start)
-
-
 def own_running_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The RUNNING trials this process runs (by pid and host)."""
     me = worker_identity()
@@ -97,19 +66,80 @@ def claim_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
 
     `study.ask()` would create a fresh trial when the queue has just been emptied by another
     worker, and a fresh trial of a grid study duplicates a grid point. This does what
-    `Study._pop_waiting_trial_id` does minus the create: the storage's WAITING -> RUNNING
-    transition is atomic, exactly one worker wins it.
+    `Study._pop_waiting_trial_id` does minus the create, plus the owner record (`_claim`).
     """
     # Optuna has no public "pop a WAITING trial or nothing" (Study.ask always creates one), no
     # public storage of a study, and FrozenTrial shows no trial id to build a Trial from
-    storage = study._storage
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
-                return optuna.Trial(study, frozen._trial_id)
-        except UpdateFinishedTrialError:
-            continue
+        if _claim(study, frozen._trial_id):
+            return _trial(study, frozen._trial_id)
     return None
+
+
+def claim_new_trial(study: optuna.Study) -> optuna.Trial | None:
+    """A fresh trial for the sampler, claimed like a queued one: an empty WAITING trial is
+    added and claimed. None when another worker claimed it first (it runs it; look again)."""
+    template = optuna.trial.create_trial(state=TrialState.WAITING)
+    # Study.add_trial does not say which trial id it made
+    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+    return _trial(study, trial_id) if _claim(study, trial_id) else None
+
+
+def _trial(study: optuna.Study, trial_id: int) -> optuna.Trial:
+    # what Study.ask does first: samplers read the study's trials through a per-thread
+    # cache that only ask() clears, and a stale cache hides every trial since
+    study._thread_local.cached_all_trials = None
+    return optuna.Trial(study, trial_id)
+
+
+def _claim(study: optuna.Study, trial_id: int) -> bool:
+    """WAITING -> RUNNING for this worker with its owner record (and first heartbeat): one
+    transaction on SQL storages; the state change then the record on a journal file, whose
+    replay lets exactly one worker's RUNNING through."""
+    owner = worker_identity()
+    backend = getattr(study._storage, "_backend", study._storage)
+    if isinstance(backend, optuna.storages.RDBStorage):
+        return _claim_rdb(backend, trial_id, owner)
+    try:
+        if not study._storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+            return False
+    except UpdateFinishedTrialError:
+        return False
+    for key, value in owner.items():
+        study._storage.set_trial_user_attr(trial_id, key, value)
+    return True
+
+
+def _claim_rdb(rdb: optuna.storages.RDBStorage, trial_id: int, owner: dict[str, Any]) -> bool:
+    # RDBStorage.set_trial_state_values reads the state with SELECT ... FOR UPDATE, which
+    # SQLite ignores: two workers could both read WAITING and both win. A conditional UPDATE
+    # is atomic on every SQL database; Optuna has no public claim-with-attributes.
+    import sqlalchemy
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(rdb.scoped_session) as session:
+        won = session.execute(
+            sqlalchemy.update(models.TrialModel)
+            .where(models.TrialModel.trial_id == trial_id,
+                   models.TrialModel.state == TrialState.WAITING)
+            .values(state=TrialState.RUNNING, datetime_start=datetime.now())
+            .execution_options(synchronize_session=False)
+        ).rowcount == 1
+        if won:
+            for key, value in owner.items():
+                rdb._set_trial_attr_without_commit(
+                    session, models.TrialUserAttributeModel, trial_id, key, value)
+            if rdb.heartbeat_interval:
+                session.add(models.TrialHeartbeatModel(trial_id=trial_id))
+    return won
+
+
+def trial_taken_over(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether this worker's RUNNING `trial` has been finished by someone else (declared
+    stale and re-queued while this worker was stopped or cut off)."""
+    # Optuna reads one trial only by its storage id
+    return study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING
 
 
 def _heartbeat_storage(study: optuna.Study) -> Any:
@@ -217,27 +247,40 @@ def fail_and_requeue(study: optuna.Study, frozen: FrozenTrial, reason: str) -> b
     return True
 
 
-def recover_lost_trials(study: optuna.Study, *, heartbeat: bool
+def recover_lost_trials(study: optuna.Study, *, heartbeat: bool, grace_period: float
                         ) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
     """Fail and re-queue RUNNING trials whose worker is gone: by heartbeat on a server RDB
-    (`heartbeat`), else by a dead local pid. Returns (the study's trials afterwards, the trials
-    that lost their worker)."""
+    (`heartbeat`), else by a dead local pid; everywhere, a trial left without an owner record
+    for `grace_period` seconds. Returns (the study's trials afterwards, the trials that lost
+    their worker)."""
     trials = study.get_trials(deepcopy=False)
-    running = {t.number for t in trials if t.state == TrialState.RUNNING}
+    running = [t for t in trials if t.state == TrialState.RUNNING]
     if not running:
         return trials, []
     if heartbeat:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
-    dead = [] if heartbeat else [
-        t for t in trials if t.state == TrialState.RUNNING and is_dead_local(t.user_attrs)]
-    failed_here = {t.number for t in dead if fail_and_requeue(
-        study, t, f"worker pid {t.user_attrs['pid']} on {t.user_attrs['host']} died while "
-                  "running it")}
+    now = datetime.now()
+    failed_here = set()
+    for t in running:
+        if not is_owned(t.user_attrs):
+            started = t.datetime_start
+            if started is None or (now - started).total_seconds() <= grace_period:
+                continue  # its worker may be recording itself right now
+            reason = (f"its worker stopped between claiming it and recording itself (no owner "
+                      f"after {grace_period:g} s)")
+        elif not heartbeat and is_dead_local(t.user_attrs):
+            reason = (f"worker pid {t.user_attrs['pid']} on {t.user_attrs['host']} died while "
+                      "running it")
+        else:
+            continue
+        if fail_and_requeue(study, t, reason):
+            failed_here.add(t.number)
     trials = study.get_trials(deepcopy=False)
     # a heartbeat-failed trial has no fail_reason (a trial that failed on its own has)
+    numbers = {t.number for t in running}
     lost = [t for t in trials if t.number in failed_here or (
-        t.number in running and t.state == TrialState.FAIL
+        t.number in numbers and t.state == TrialState.FAIL
         and "fail_reason" not in t.user_attrs)]
     return trials, lost

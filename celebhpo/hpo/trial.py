@@ -5,16 +5,25 @@ the configuration's own fault (TRIAL_ERRORS).
 
 MLflow is reached through `celebhpo.tracking`'s functions: the trial's child run is started
 before training (its id is a user attr, epochs are logged live) and ended after `tell`.
+
+A trial can be taken away from a live worker: stopped (SIGSTOP, a frozen VM) past the
+storage's `grace_period`, it is failed and re-queued by another worker, which closes its
+MLflow run FAILED. Before each write to that run (an epoch, the result) and at `tell` the
+trial's state is checked: a trial no longer RUNNING is dropped with one line ("trial N was
+taken over by another worker: dropping it"), nothing more is written for it, and the worker
+goes on to its next trial.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from celebhpo.config import StudyConfig
@@ -27,11 +36,11 @@ from celebhpo.errors import (
     TrainingError,
     mask_url,
 )
-from celebhpo.hpo.liveness import heartbeat, requeue_finished, worker_identity
+from celebhpo.hpo.liveness import TrialTakenOver, heartbeat, requeue_finished, trial_taken_over
 from celebhpo.hpo.results import leaderboard
 from celebhpo.hpo.space import suggest_params
 from celebhpo.report import format_trial_line
-from celebhpo.tracking import Tracker, TrialRun, refresh_parent, start_trial
+from celebhpo.tracking import Tracker, TrialRun, close_orphan_runs, refresh_parent, start_trial
 
 __all__ = ["SETUP_ERRORS", "TRIAL_ERRORS", "TrialContext", "run_trial"]
 
@@ -54,6 +63,7 @@ class TrialContext:
     device: str | None = None
     progress: bool = True
     data_cache: dict[str, Any] = field(default_factory=dict)  # data config -> DataBundle
+    stop: threading.Event = field(default_factory=threading.Event)  # set by Ctrl-C/SIGTERM
 
 
 @dataclass
@@ -65,37 +75,67 @@ class _Outcome:
     reason: str = ""
     error: BaseException | None = None  # raised again once the trial is told
     requeue: bool = False
+    taken_over: bool = False  # another worker failed and re-queued it meanwhile
     logged: dict[str, Any] = field(default_factory=dict)
     run: TrialRun | None = None
 
 
-def run_trial(ctx: TrialContext, trial: optuna.Trial) -> int:
-    """Train the trial's configuration, report each epoch (pruning), log to MLflow, tell
-    Optuna. Returns the trial number. Trial errors fail the trial and the loop goes on;
+class _OwnedRun(TrialRun):
+    """The trial's MLflow run, written only while the trial is still this worker's: the
+    worker that takes a trial over closes its run FAILED, and that run stays as it left it.
+    Each write first raises an interrupt that landed where Python dropped it (`ctx.stop`)."""
+
+    def __init__(self, run: TrialRun, ctx: TrialContext, trial: optuna.Trial) -> None:
+        super().__init__(run.tracker, run.run_id, run.trial_number)
+        self._ctx, self._trial = ctx, trial
+
+    def _check(self) -> None:
+        if self._ctx.stop.is_set():
+            raise KeyboardInterrupt("interrupted")
+        if trial_taken_over(self._ctx.study, self._trial):
+            raise TrialTakenOver(f"trial {self._trial.number}")
+
+    def log_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
+        self._check()
+        super().log_epoch(epoch, metrics)
+
+    def log_result(self, result: Any, config: dict[str, Any], log_checkpoint: bool = True
+                   ) -> dict[str, Any]:
+        self._check()
+        return super().log_result(result, config, log_checkpoint)
+
+
+def run_trial(ctx: TrialContext, trial: optuna.Trial) -> int | None:
+    """Train the claimed trial's configuration, report each epoch (pruning), log to MLflow,
+    tell Optuna. Returns the trial number, or None when another worker took the trial over
+    (dropped, see the module docstring). Trial errors fail the trial and the loop goes on;
     an interrupt or a setup error fails and re-queues it, then propagates."""
     # late: the objective imports torch (training, data), 1.4-1.9 s measured, which
     # `celebhpo study list/show/create` would pay for nothing (they import celebhpo.hpo)
     from celebhpo.hpo.objective import TrialReporter, train
 
     started = time.perf_counter()
-    for key, value in worker_identity().items():
-        trial.set_user_attr(key, value)
-    params = suggest_params(trial, ctx.cfg.space)
-    tcfg = ctx.cfg.with_params(params)
-    if ctx.device:
-        tcfg.train.device = ctx.device
-    trial.set_user_attr("device", tcfg.train.device)
-    reporter = TrialReporter(trial, ctx.cfg.study.metric, ctx.cfg.study.resolved_direction())
+    with heartbeat(ctx.study, trial):  # the claim recorded the first beat; keep it alive
+        params = suggest_params(trial, ctx.cfg.space)
+        tcfg = ctx.cfg.with_params(params)
+        if ctx.device:
+            tcfg.train.device = ctx.device
+        trial.set_user_attr("device", tcfg.train.device)
+        reporter = TrialReporter(trial, ctx.cfg.study.metric,
+                                 ctx.cfg.study.resolved_direction())
 
-    def objective(run: TrialRun) -> tuple[float, dict[str, Any]]:
-        return train(tcfg, run, reporter, ctx.data_cache, progress=ctx.progress,
-                     keep_all=ctx.cfg.study.checkpoints == "all")
+        def objective(run: TrialRun) -> tuple[float, dict[str, Any]]:
+            return train(tcfg, _OwnedRun(run, ctx, trial), reporter, ctx.data_cache,
+                         progress=ctx.progress, keep_all=ctx.cfg.study.checkpoints == "all")
 
-    with heartbeat(ctx.study, trial):
         out = _attempt(ctx, trial, params, tcfg, objective)
         summary = {**reporter.summary(), **out.logged,
                    "duration_s": round(time.perf_counter() - started, 3)}
-        _tell(ctx.study, trial, out, summary)
+        if not out.taken_over:
+            _tell(ctx.study, trial, out, summary)
+    if out.taken_over:
+        _drop(ctx, trial.number)
+        return None
     if out.requeue:
         requeue_finished(ctx.study, trial)
     if out.run is not None:
@@ -124,6 +164,8 @@ def _attempt(ctx: TrialContext, trial: optuna.Trial, params: dict[str, Any], tcf
         trial.set_user_attr("mlflow_run_id", out.run.run_id)
         out.value, out.logged = objective(out.run)
         out.state = TrialState.COMPLETE
+    except (TrialTakenOver, UpdateFinishedTrialError):
+        out.taken_over = True  # Optuna's error: it went between our check and its write
     except optuna.TrialPruned as e:
         out.state, out.reason = TrialState.PRUNED, str(e)
     except TRIAL_ERRORS as e:
@@ -140,15 +182,30 @@ def _attempt(ctx: TrialContext, trial: optuna.Trial, params: dict[str, Any], tcf
 def _tell(study: optuna.Study, trial: optuna.Trial, out: _Outcome, summary: dict[str, Any]
           ) -> None:
     """Store the trial's user attrs (`summary`, plus the masked reason of a failure), then
-    tell Optuna how it ended."""
+    tell Optuna how it ended; `out.taken_over` when another worker finished it first."""
     if out.state == TrialState.FAIL:
         summary["fail_reason"] = mask_url(out.reason)
-    for key, val in summary.items():
-        trial.set_user_attr(key, val)
-    if out.state == TrialState.COMPLETE:
-        study.tell(trial, out.value)
-    else:
-        study.tell(trial, state=out.state)
+    try:
+        for key, val in summary.items():
+            trial.set_user_attr(key, val)
+        if out.state == TrialState.COMPLETE:
+            study.tell(trial, out.value)
+        else:
+            study.tell(trial, state=out.state)
+    except (UpdateFinishedTrialError, ValueError):  # ValueError: "Cannot tell a FAIL trial"
+        if not trial_taken_over(study, trial):
+            raise
+        out.taken_over = True
+
+
+def _drop(ctx: TrialContext, number: int) -> None:
+    """One line for a trial taken over by another worker; its MLflow run is that worker's to
+    close, unless this worker opened it after the takeover (then it is closed FAILED here)."""
+    ctx.echo(f"trial {number} was taken over by another worker: dropping it")
+    try:
+        close_orphan_runs(ctx.tracker, ctx.attrs["parent_run_id"], {number: "FAIL"})
+    except TrackingError as e:
+        ctx.echo(f"warning: could not close MLflow run of trial {number}: {e}")
 
 
 def _refresh_parent(ctx: TrialContext) -> None:

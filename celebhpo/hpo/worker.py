@@ -10,13 +10,19 @@ Workers of a non-grid study decide independently, so several deciding at the sam
 may overshoot N by at most one trial each; grid studies are exact (queued points are claimed
 atomically).
 
+Every trial is claimed atomically together with its owner record (liveness.py): a grid
+point or re-queued trial from the queue, else a fresh slot for the sampler.
+
 A worker with nothing left to start waits while trials it could take over are running on
-other workers (any, on a PostgreSQL storage with heartbeats; this machine's, elsewhere), so a
-trial whose worker dies is still re-run; `--timeout` bounds the wait.
+other workers (any, on a PostgreSQL storage with heartbeats; this machine's, elsewhere; any
+without an owner record yet), so a trial whose worker dies is still re-run; `--timeout`
+bounds the wait.
 
 Trials left RUNNING by a dead worker are failed, re-queued and their MLflow runs closed
-FAILED by the next worker to look: see liveness.py for the rule. Ctrl-C/SIGTERM fails and
-re-queues the running trial (MLflow run FAILED), then the worker exits.
+FAILED by the next worker to look: see liveness.py for the rule. A worker whose trial was
+taken away while it ran (stopped past `grace_period`, then woken) drops it with one line and
+goes on to the next. Ctrl-C/SIGTERM fails and re-queues the running trial (MLflow run
+FAILED), then the worker exits (`optimize` exits 130).
 """
 
 from __future__ import annotations
@@ -35,10 +41,12 @@ from optuna.trial import FrozenTrial, TrialState
 from celebhpo.errors import StudyError, TrackingError
 from celebhpo.hpo.launch import WORKER_ENV
 from celebhpo.hpo.liveness import (
+    claim_new_trial,
     claim_waiting_trial,
     fail_and_requeue,
     heartbeat_interval,
     is_local,
+    is_owned,
     own_running_trials,
     recover_lost_trials,
 )
@@ -96,13 +104,16 @@ def optimize(
                        device=device,
                        # several workers drawing bars in one terminal garble each other
                        progress=progress and not label)
-    with _interrupts(), optuna_quiet():
+    with _interrupts(ctx.stop), optuna_quiet():
         return _run(ctx, spec, n_trials, timeout)
 
 
 @contextmanager
-def _interrupts() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt like Ctrl-C, inside optimize only (main thread)."""
+def _interrupts(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt inside optimize only (main thread), and set
+    `stop`: an interrupt raised where Python drops exceptions ("Exception ignored in ...", an
+    at-fork hook while the image cache's pool forks) still stops the worker, at its next
+    epoch or trial (trial.py and the loop check `stop`)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -112,17 +123,19 @@ def _interrupts() -> Iterator[None]:
     def raise_interrupt(signum: int, frame: Any) -> None:
         if os.getpid() != owner:
             # a forked helper (e.g. the image decoding pool) inherited this handler: end it
-            # the way SIGTERM would, without a KeyboardInterrupt traceback
+            # the way the signal would, without a KeyboardInterrupt traceback
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
+        stop.set()
         raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
-    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    previous = {s: signal.signal(s, raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 # -- the loop ----------------------------------------------------------------------------------
@@ -137,6 +150,8 @@ def _run(ctx: TrialContext, spec: StorageSpec, n_trials: int | None, timeout: fl
     _close_orphan_runs(ctx)
     try:
         while True:
+            if ctx.stop.is_set():  # an interrupt that was dropped where it landed
+                raise KeyboardInterrupt("interrupted")
             if timeout is not None and time.monotonic() - started >= timeout:
                 stopped = f"--timeout {timeout:g} s reached"
                 break
@@ -153,11 +168,13 @@ def _run(ctx: TrialContext, spec: StorageSpec, n_trials: int | None, timeout: fl
                 continue
             waiting_note = ""
             trial = claim_waiting_trial(ctx.study)
+            if trial is None and not grid:
+                trial = claim_new_trial(ctx.study)
             if trial is None:
-                if grid:
-                    continue  # another worker took the last queued point: look again
-                trial = ctx.study.ask()
-            ran.append(run_trial(ctx, trial))
+                continue  # another worker took the last queued point (or our slot): look again
+            number = run_trial(ctx, trial)
+            if number is not None:  # None: taken over by another worker, dropped
+                ran.append(number)
     except KeyboardInterrupt:
         _fail_own_running(ctx, "interrupted (Ctrl-C/SIGTERM) before the trial ended")
         ctx.echo(f"interrupted after {len(ran)} trials; the running trial is failed and "
@@ -177,7 +194,9 @@ def _next(trials: list[FrozenTrial], n_trials: int | None, *, grid: bool, heartb
           ) -> tuple[str, str]:
     """("run" | "wait" | "done", why)."""
     running = [t for t in trials if t.state == TrialState.RUNNING]
-    watchable = [t for t in running if heartbeat or is_local(t.user_attrs)]
+    # an owner-less trial is recovered after grace_period wherever its worker ran
+    watchable = [t for t in running
+                 if heartbeat or is_local(t.user_attrs) or not is_owned(t.user_attrs)]
     waiting_for = (f"waiting for trial(s) {', '.join(str(t.number) for t in watchable)} "
                    "running on other workers (to take over if a worker dies)")
     if n_trials is not None:
@@ -204,7 +223,8 @@ def _budget_used(trials: list[FrozenTrial]) -> int:
 def _recover(ctx: TrialContext, spec: StorageSpec) -> list[FrozenTrial]:
     """Fail and re-queue trials whose worker is gone (liveness.py); close their MLflow runs.
     Returns the study's trials afterwards."""
-    trials, lost = recover_lost_trials(ctx.study, heartbeat=spec.heartbeat)
+    trials, lost = recover_lost_trials(ctx.study, heartbeat=spec.heartbeat,
+                                       grace_period=ctx.cfg.study.grace_period)
     if lost:
         ctx.echo(f"trial(s) {', '.join(str(t.number) for t in lost)} lost their worker: "
                  "failed and re-queued")
