@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -44,15 +45,11 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def storage_option(f):
-    return click.option(
-        "--storage",
-        envvar="CELEBHPO_STORAGE",
-        default=None,
-        metavar="URL",
-        help="Optuna storage: sqlite:///studies/celebhpo.db (default, one process), a journal "
-        "file path ending in .log (several processes, one machine) or "
-        "postgresql+psycopg2://user:pass@host/db (many machines). Env: CELEBHPO_STORAGE.",
-    )(f)
+    return click.option("--storage", envvar="CELEBHPO_STORAGE", default=None, metavar="URL",
+                        help="Optuna storage: sqlite:///studies/celebhpo.db (default, one "
+                        "process), a journal file path ending in .log (several processes, one "
+                        "machine) or postgresql+psycopg2://user:pass@host/db (many machines). "
+                        "Env: CELEBHPO_STORAGE.")(f)
 
 
 def tracking_option(f):
@@ -78,12 +75,11 @@ def backend_option(f):
 
 
 def threshold_option(f):
-    return click.option(
-        "--threshold", default="tuned", show_default=True, metavar="tuned|0.5|FLOAT",
-        help="When an attribute counts as present (probability > threshold): tuned (per "
-        "attribute, tuned on validation and stored in the checkpoint), 0.5, or any number "
-        "in (0, 1) for every attribute.",
-    )(f)
+    return click.option("--threshold", default="tuned", show_default=True,
+                        metavar="tuned|0.5|FLOAT", help="When an attribute counts as present "
+                        "(probability > threshold): tuned (per attribute, tuned on validation "
+                        "and stored in the checkpoint), 0.5, or any number in (0, 1) for every "
+                        "attribute.")(f)
 
 
 def _resolve_storage(storage: str | None) -> str:
@@ -196,10 +192,9 @@ def study() -> None:
 @click.option("--replace", is_flag=True, help="Delete a study of that name with another config.")
 @storage_option
 @tracking_option
-@click.option("--artifacts-destination", "artifacts", default=None, metavar="URI",
-              help="Where the study's MLflow artifacts go (s3://..., or a folder every worker "
-                   "mounts at the same path); needed with a database tracking URI other than "
-                   "SQLite.")
+@click.option("--artifacts-destination", "artifacts", default=None, metavar="URI", help="Where "
+              "MLflow artifacts go (s3://..., or a folder every worker mounts at one path); "
+              "needed with a database tracking URI other than SQLite.")
 def study_create(study_file: Path, grid: bool, name: str | None, data_root: str | None,
                  overrides: tuple[str, ...], replace: bool, storage: str | None,
                  tracking_uri: str | None, artifacts: str | None) -> None:
@@ -259,10 +254,12 @@ def study_show(name: str | None, fmt: str, storage: str | None) -> None:
 @storage_option
 @device_option
 @click.option("--devices", default=None, metavar="0,1,...",
-              help="Start one worker per GPU (CUDA_VISIBLE_DEVICES) on this shared study; "
-              "needs a journal or PostgreSQL storage.")
+              help="Start one worker per GPU (CUDA_VISIBLE_DEVICES, --device cuda unless "
+              "given) on this shared study; needs a journal or PostgreSQL storage.")
+@tracking_option
 def optimize_cmd(study_name: str | None, n_trials: int | None, timeout: float | None,
-                 storage: str | None, device: str | None, devices: str | None) -> None:
+                 storage: str | None, device: str | None, devices: str | None,
+                 tracking_uri: str | None) -> None:
     """Run trials of a study until --trials, the end of the grid, or --timeout.
 
     Each trial trains one configuration, reports val_loss per epoch (weak trials are
@@ -279,10 +276,13 @@ def optimize_cmd(study_name: str | None, n_trials: int | None, timeout: float | 
         args += ["--study", study_name] if study_name else []
         args += ["--trials", str(n_trials)] if n_trials is not None else []
         args += ["--timeout", str(timeout)] if timeout is not None else []
+        args += ["--device", device or "cuda"]  # a missing GPU is an error, not the CPU
+        if tracking_uri:  # to the workers by environment: `ps` shows argv, not the password
+            os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
         sys.exit(launch_workers(devices.split(","), args))
     try:
         optimize(study_name=study_name, storage=storage, n_trials=n_trials, timeout=timeout,
-                 device=device, progress=True)
+                 device=device, tracking_uri=tracking_uri, progress=True)
     except KeyboardInterrupt:  # Ctrl-C/SIGTERM: optimize has said what it did; 130 like a shell
         sys.exit(130)
 

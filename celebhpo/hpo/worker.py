@@ -55,7 +55,8 @@ from celebhpo.hpo.storage import StorageSpec, optuna_quiet, parse_storage
 from celebhpo.hpo.studies import open_study
 from celebhpo.hpo.trial import TrialContext, run_trial
 from celebhpo.report import format_optimize_summary
-from celebhpo.tracking import Tracker, close_orphan_runs
+from celebhpo.tracking import Tracker, close_orphan_runs, study_tracking_uri
+from celebhpo.training.devices import resolve_device
 
 __all__ = ["OptimizeSummary", "optimize"]
 
@@ -82,6 +83,7 @@ def optimize(
     n_trials: int | None = None,
     timeout: float | None = None,
     device: str | None = None,
+    tracking_uri: str | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> OptimizeSummary:
@@ -89,14 +91,18 @@ def optimize(
     the grid is exhausted, or `timeout` seconds have passed (no trial starts after that).
     Resumes a study that was interrupted. See the module docstring for the rules on counting
     and on recovering trials of dead workers. Ctrl-C/SIGTERM fails and re-queues the running
-    trial, then raises KeyboardInterrupt."""
+    trial, then raises KeyboardInterrupt. `tracking_uri` names the study's tracking store
+    with this worker's credentials (the study keeps none); `device` is checked before any
+    trial is claimed."""
     if n_trials is not None and n_trials < 1:
         raise StudyError(f"--trials {n_trials}: give a number >= 1")
     if timeout is not None and timeout <= 0:
         raise StudyError(f"--timeout {timeout}: give a number of seconds > 0")
+    if device:
+        resolve_device(device, key="--device")  # e.g. no GPU behind --devices: one line now
     study, cfg, attrs = open_study(study_name, storage, worker=True)
     spec = parse_storage(storage)
-    tracker = Tracker(attrs["tracking_uri"])
+    tracker = Tracker(study_tracking_uri(attrs["tracking_uri"], tracking_uri))
     tracker.check()  # a clear error before any training
     label = os.environ.get(WORKER_ENV, "")
     prefix = f"[{label}] " if label else ""

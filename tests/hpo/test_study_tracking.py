@@ -162,3 +162,18 @@ def test_the_study_keeps_no_password_and_each_worker_brings_its_own(
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED"
         assert "s3cret" not in json.dumps([run.data.params, run.data.tags])
+
+
+def test_optimize_tracking_uri_must_name_the_studys_store(tmp_path, synth_root):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_study_file(write_study(tmp_path / "s.toml", synth_root, name="flag",
+                                      space="lr = [0.01]"))
+    create_study(cfg, storage=storage, grid=True, tracking_uri=uri)
+    other = CliRunner().invoke(cli, ["optimize", "--storage", storage, "--tracking-uri",
+                                     f"sqlite:///{tmp_path / 'other.db'}"])
+    assert other.exit_code == 1 and "is not this study's tracking store" in other.output
+    assert load_study("flag", storage)[0].trials[0].state.name == "WAITING"
+    same = CliRunner().invoke(cli, ["optimize", "--storage", storage, "--tracking-uri", uri])
+    assert same.exit_code == 0, same.output
+    assert load_study("flag", storage)[0].trials[0].state.name == "COMPLETE"

@@ -261,3 +261,22 @@ def test_three_workers_share_a_sqlite_grid(tmp_path, synth_root, tracking_uri):
     assert_grid_done_once(storage, "sql3", tracking_uri, 6)
     study, _ = load_study("sql3", storage)
     assert len(study.trials) == 6  # nothing failed, nothing re-run
+
+
+def test_devices_without_that_gpu_fail_in_one_line_before_claiming(tmp_path, synth_root,
+                                                                   tracking_uri):
+    """G3: `--devices` workers train on "cuda"; a GPU that is not there is one line per
+    worker, not a silent run on the CPU, and no trial is claimed."""
+    storage = str(tmp_path / "grid.log")
+    cfg = load_study_file(write_study(tmp_path / "s.toml", synth_root, name="nogpu",
+                                      space="lr = [0.01]"))
+    create_study(cfg, storage=storage, grid=True, tracking_uri=tracking_uri)
+    done = subprocess.run([sys.executable, "-m", "celebhpo", "optimize", "--storage", storage,
+                           "--devices", "99"], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    said = done.stdout + done.stderr
+    assert done.returncode != 0, said
+    assert "--device" in said and "no CUDA GPU is visible" in said, said
+    assert "Traceback" not in said
+    study, _ = load_study("nogpu", storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.WAITING]
