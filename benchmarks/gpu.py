@@ -1,16 +1,17 @@
 """GPU training throughput: celebhpo's path vs the seed-style pipeline on the same device.
 
-Needs only torch, torchvision, numpy and celebhpo.data/models/train (no optuna, no mlflow).
-
 1. Correctness first (printed PASS/FAIL; exit status 1 if any fails):
-   - the device BatchLoader yields the same images and labels as the CPU one (same seed);
-   - bf16-autocast logits are close to fp32 logits (same weights, same batch);
+   - the device BatchLoader == the CPU one (same seed) on fit's path (channels_last: the NHWC
+     `addcmul` normalize), on NCHW, and on the host fallback's pinned double buffer;
+   - bf16-autocast logits are close to fp32 logits (same weights, same batch), when fit's
+     `amp = "auto"` picks bf16 on this device;
    - the loss decreases over a few steps of our training path.
 2. A table, per architecture (resnet50 and densenet121 at 64x64 by default): training
-   images/s of our path (GPU-resident uint8 data, flip/normalize on the device, bf16
-   autocast, channels_last, batch 256, `train.train_one_epoch`); the seed-style pipeline
+   images/s of our path as fit runs it by default (GPU-resident uint8 data, flip/normalize on
+   the device, bf16 where native, channels_last, TF32, batch 256); the seed-style pipeline
    (per-item PIL DataLoader, fp32, NCHW, batch 64) on the same device and images; the ratio;
-   evaluation images/s (`train.evaluate`, batch 1024); and the projected time of one
+   evaluation images/s (`train.evaluate` in fp32, as fit validates, batch 1024); and the
+   projected time of one
    seed-grid trial (40,000 images x 8 epochs + 8 validations of 5,000) and of the 8-trial
    grid (half the trials per architecture).
 
@@ -41,6 +42,7 @@ from torch.utils.data import DataLoader
 
 from celebhpo.data import BatchLoader, read_celeba, synthesize
 from celebhpo.data.cache import decode_images
+from celebhpo.training.amp import enable_fast_fp32, resolve_amp
 from celebhpo.training.devices import resolve_device
 from celebhpo.training.loop import (
     evaluate,
@@ -69,15 +71,18 @@ def _sync(device: torch.device) -> None:
 
 
 # -- correctness -----------------------------------------------------------------------------
-def check_loader(images: np.ndarray, labels: np.ndarray, device: torch.device) -> bool:
-    kw = dict(shuffle=True, flip=True, seed=7)
+def check_loader(images: np.ndarray, labels: np.ndarray, device: torch.device,
+                 channels_last: bool, staging: bool = False) -> bool:
+    """The device loader (or its double-buffered host fallback) == the CPU loader."""
+    kw = dict(shuffle=True, flip=True, seed=7, channels_last=channels_last)
     cpu = BatchLoader(images, labels, 32, device="cpu", **kw)
-    dev = BatchLoader(images, labels, 32, device=device, **kw)
+    dev = BatchLoader(images, labels, 32, device=device, staging=staging, **kw)
     for loader in (cpu, dev):
         loader.set_epoch(3)
     ok = True
     for (xc, yc), (xd, yd), _ in zip(cpu, dev, range(3), strict=False):
         ok &= bool(torch.allclose(xc, xd.cpu(), atol=1e-5)) and bool(torch.equal(yc, yd.cpu()))
+        ok &= xd.is_contiguous(memory_format=torch.channels_last) == channels_last
     return ok
 
 
@@ -199,7 +204,8 @@ def main() -> int:
     warmup = args.warmup or (1 if q else 10)
     device = resolve_device(args.device)
     on_cuda = device.type == "cuda"
-    amp = True  # bf16 autocast: what fit does on CUDA (on a CPU it is shown, not used by fit)
+    amp = resolve_amp("auto", device)  # what fit's default picks on this device
+    enable_fast_fp32(device)  # as fit: TF32 for the fp32 passes, cuDNN autotuning
     where = torch.cuda.get_device_name(device) if on_cuda else "cpu"
     SeedDataset, seed_style_runner = _seed_helpers()
 
@@ -220,12 +226,20 @@ def main() -> int:
         probe = create_model(archs[0]).to(device)
         x = next(iter(BatchLoader(images, ours_labels, min(batch, 64), shuffle=False,
                                   flip=False, device=device)))[0]
-        results = {"device loader == CPU loader": (check_loader(images, ours_labels, device), "")}
-        ok, rel = check_bf16(probe, x)
-        results["bf16 logits close to fp32"] = (ok, f"max rel diff {rel:.4f} (< 0.05)")
+        results = {
+            "device loader == CPU loader (channels_last, fit's path)": (
+                check_loader(images, ours_labels, device, channels_last=True), ""),
+            "device loader == CPU loader (NCHW)": (
+                check_loader(images, ours_labels, device, channels_last=False), ""),
+            "host fallback (double-buffered) == CPU loader": (
+                check_loader(images, ours_labels, device, channels_last=True, staging=True), ""),
+        }
+        if amp:
+            ok, rel = check_bf16(probe, x)
+            results["bf16 logits close to fp32"] = (ok, f"max rel diff {rel:.4f} (< 0.05)")
         loader = BatchLoader(images, ours_labels, min(batch, 64), shuffle=True, flip=False,
                              device=device)
-        ok, losses = check_loss_decreases(probe, loader, ours_labels, device, amp and on_cuda,
+        ok, losses = check_loss_decreases(probe, loader, ours_labels, device, amp,
                                           steps=5 if q else 10)
         results["loss decreases"] = (ok, " -> ".join(f"{v:.3f}" for v in losses[::2]))
         del probe
@@ -236,17 +250,15 @@ def main() -> int:
         table = []
         for arch in archs:
             torch.manual_seed(0)
-            ours_model = create_model(arch).to(device)
-            if on_cuda:
-                ours_model = ours_model.to(memory_format=torch.channels_last)
-                torch.backends.cudnn.benchmark = True
+            # exactly fit's default: channels_last model and loader, amp as resolved above
+            ours_model = create_model(arch).to(device, memory_format=torch.channels_last)
+            enable_fast_fp32(device)
             train_loader = BatchLoader(images, ours_labels, batch, shuffle=True, flip=True,
-                                       device=device, channels_last=on_cuda, drop_last=True)
-            ours = train_rate(ours_model, train_loader, ours_labels, device, amp and on_cuda,
-                              warmup, steps)
+                                       device=device, channels_last=True, drop_last=True)
+            ours = train_rate(ours_model, train_loader, ours_labels, device, amp, warmup, steps)
             val_loader = BatchLoader(images, ours_labels, 1024 if not q else 64, shuffle=False,
-                                     flip=False, device=device, channels_last=on_cuda)
-            ev = eval_rate(ours_model, val_loader, device, amp and on_cuda, 3 if not q else 1)
+                                     flip=False, device=device, channels_last=True)
+            ev = eval_rate(ours_model, val_loader, device, False, 3 if not q else 1)  # fp32
             del ours_model
             if on_cuda:
                 torch.backends.cudnn.benchmark = False  # the seed did not set it
@@ -262,8 +274,8 @@ def main() -> int:
 
     print()
     print(f"[{'cuda: ' + where if on_cuda else 'cpu'}] training at {args.size}x{args.size}"
-          + (" (cpu: fp32 NCHW, as fit runs there)" if not on_cuda else
-             " (ours: bf16 autocast, channels_last, GPU-resident data)"))
+          f" (ours as fit's default: {'bf16 autocast' if amp else 'fp32'}, channels_last"
+          f"{', GPU-resident data' if on_cuda else ''}; validation fp32)")
     head = (f"{'arch':<12} {'ours img/s':>11} {'seed img/s':>11} {'ratio':>6} "
             f"{'eval img/s':>11} {'trial (ours)':>13} {'trial (seed)':>13}")
     print(head)

@@ -5,17 +5,20 @@ Same images, same model (ResNet50 + the 40-label head, 64x64, batch 64), same ma
 - seed-style: a torch Dataset that opens each JPEG with PIL per item (Resize((64, 64)),
   RandomHorizontalFlip, ToTensor, Normalize) in a DataLoader (batch 64, 2 workers); NCHW fp32;
   per batch `loss.item()` and an accuracy count read back to the host, as the notebooks did.
-- celebhpo: the decode-once uint8 cache (built once, timed apart) + BatchLoader +
-  `train.train_one_epoch`, exactly as `fit` runs it on a CPU (fp32, NCHW).
-- celebhpo + channels_last (fp32), and + bf16 autocast + channels_last: the same loop with
-  what `fit` turns on for CUDA (bf16 only where this CPU has native bf16: AVX512-BF16/AMX);
-  shown for comparison: `fit` itself uses neither on a CPU.
+- celebhpo fit default: the decode-once uint8 cache (built once, timed apart) + BatchLoader +
+  `train.train_one_epoch`, exactly as `fit` runs it by default: channels_last, and bf16
+  autocast when `[train] amp = "auto"` finds native bf16 on this CPU (training.amp).
+- for comparison: the same loop in fp32 NCHW, and fp32 channels_last.
+- the cost of validating in fp32 (what fit does) rather than bf16: one pass over `--val`
+  images each way, as a share of a bf16 training epoch of 8x as many images (the demo's
+  train/val ratio).
 
 Each path runs `--warmup` batches, then `--rounds` rounds of `--batches` timed batches; the
 paths take turns round by round and the median round counts, so a busy shared machine does
-not decide the result. Target (issue 3): celebhpo >= 1.3x the seed-style loop.
+not decide the result. Target (issue 16): the default path >= 1.5x the seed-style loop on a
+CPU with native bf16, >= 1.2x without.
 
-    python benchmarks/train.py                      # ~4 minutes on 2 busy cores
+    python benchmarks/train.py                      # ~5 minutes on 2 busy cores
     python benchmarks/train.py --arch resnet18 --batches 5
 """
 
@@ -37,8 +40,17 @@ from torch.utils.data import DataLoader
 
 from celebhpo.data import BatchLoader, read_celeba, synthesize
 from celebhpo.data.cache import decode_images
-from celebhpo.training.loop import class_weights, make_loss, make_optimizer, train_one_epoch
+from celebhpo.training.amp import cpu_has_native_bf16, resolve_amp
+from celebhpo.training.loop import (
+    class_weights,
+    evaluate,
+    make_loss,
+    make_optimizer,
+    train_one_epoch,
+)
 from celebhpo.training.models import create_model
+
+SEED = "seed-style (PIL DataLoader, fp32 NCHW)"
 
 
 def seed_style_runner(model: nn.Module, loader: DataLoader, labels: np.ndarray,
@@ -107,11 +119,15 @@ def measure(runners: dict[str, Callable[[int], tuple[int, float]]], warmup: int,
     return {name: statistics.median(r) for name, r in rates.items()}
 
 
-def cpu_has_native_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+def eval_seconds(model: nn.Module, loader: BatchLoader, amp: bool, rounds: int) -> float:
+    """Median seconds of one evaluation pass (fit's `evaluate`) over `loader`."""
+    evaluate(model, loader, amp=amp)  # warm-up
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        evaluate(model, loader, amp=amp)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -124,6 +140,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=2, help="timed batches per round")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--workers", type=int, default=2, help="seed-style DataLoader workers")
+    ap.add_argument("--val", type=int, default=256, help="images in the validation-cost pass")
     args = ap.parse_args()
     device = torch.device("cpu")
     n = args.batch * (args.warmup + args.batches * args.rounds)  # every image used about once
@@ -149,33 +166,39 @@ def main() -> None:
         seed_loader = DataLoader(SeedDataset(paths, labels, args.size), batch_size=args.batch,
                                  shuffle=True, num_workers=args.workers,
                                  persistent_workers=args.workers > 0, drop_last=True)
-        runners = {
-            "seed-style (PIL DataLoader, fp32 NCHW)": seed_style_runner(
-                model(), seed_loader, labels, device),
-            "celebhpo fit path (fp32 NCHW, as fit on CPU)": ours_runner(
-                model(), BatchLoader(decoded.array, ours_labels, args.batch, shuffle=True,
-                                     flip=True, device=device, drop_last=True),
-                ours_labels, device, amp=False),
-        }
-        runners["celebhpo + channels_last (fp32)"] = ours_runner(
-            model(channels_last=True),
-            BatchLoader(decoded.array, ours_labels, args.batch, shuffle=True, flip=True,
-                        device=device, channels_last=True, drop_last=True),
-            ours_labels, device, amp=False)
-        if cpu_has_native_bf16():
-            runners["celebhpo + bf16 autocast + channels_last"] = ours_runner(
-                model(channels_last=True),
-                BatchLoader(decoded.array, ours_labels, args.batch, shuffle=True, flip=True,
-                            device=device, channels_last=True, drop_last=True),
-                ours_labels, device, amp=True)
-        rates = measure(runners, args.warmup, args.batches, args.rounds)
 
-    base = rates["seed-style (PIL DataLoader, fp32 NCHW)"]
+        def loader(channels_last: bool) -> BatchLoader:
+            return BatchLoader(decoded.array, ours_labels, args.batch, shuffle=True, flip=True,
+                               device=device, channels_last=channels_last, drop_last=True)
+
+        amp = resolve_amp("auto", device)  # what fit's default chooses here
+        default = f"celebhpo fit default (channels_last, {'bf16' if amp else 'fp32'})"
+        runners = {
+            SEED: seed_style_runner(model(), seed_loader, labels, device),
+            default: ours_runner(model(True), loader(True), ours_labels, device, amp=amp),
+            "celebhpo fp32 NCHW": ours_runner(model(), loader(False), ours_labels, device,
+                                              amp=False),
+            "celebhpo fp32 channels_last": ours_runner(model(True), loader(True), ours_labels,
+                                                       device, amp=False),
+        }
+        rates = measure(runners, args.warmup, args.batches, args.rounds)
+        # fit validates in fp32 whatever amp is: its cost against bf16 validation
+        val = BatchLoader(decoded.array[:args.val], ours_labels[:args.val], args.val,
+                          shuffle=False, flip=False, device=device, channels_last=True)
+        vm = model(True)
+        fp32_s, bf16_s = (eval_seconds(vm, val, amp=a, rounds=args.rounds) for a in (False, True))
+
+    base = rates[SEED]
     width = max(len(k) for k in rates)
     for name, rate in rates.items():
         print(f"{name:<{width}}  {rate:8.1f} images/s  {rate / base:5.2f}x")
     print(f"one-time decode of the cache: {build:.2f} s for {len(paths)} images (not in the rates)")
-    print("target (issue 3): celebhpo fit path >= 1.3x the seed-style loop")
+    epoch_s = 8 * args.val / rates[default]  # a training epoch of 8x the validation images
+    print(f"validation of {args.val} images: fp32 {fp32_s:.2f} s, bf16 {bf16_s:.2f} s; fp32 "
+          f"costs {100 * (fp32_s - bf16_s) / (epoch_s + bf16_s):+.1f}% of a default epoch with "
+          "8x as many training images")
+    print(f"native bf16 on this CPU: {cpu_has_native_bf16()}; target (issue 16): default >= "
+          f"{1.5 if cpu_has_native_bf16() else 1.2}x the seed-style loop")
 
 
 if __name__ == "__main__":

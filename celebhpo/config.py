@@ -96,8 +96,8 @@ class TrainConfig:
     # per-attribute thresholds tuned on validation to maximise this; "none" keeps 0.5
     threshold_metric: Literal["accuracy", "f1", "balanced_accuracy", "none"] = "accuracy"
     device: str = "auto"  # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
-    amp: bool = True  # bf16 autocast on CUDA
-    channels_last: bool = True  # on CUDA
+    amp: Literal["auto", "bf16", "off"] = "auto"  # bf16 training steps where native (training.amp)
+    channels_last: bool = True  # on every device
     compile: bool = False  # torch.compile the model
     seed: int = 0
 
@@ -255,14 +255,10 @@ def _check_value(section: str, key: str, value: Any, source: str, shown: str) ->
         raise ConfigError(f"{source}: [{shown}] {key} = {value} must be {rule[1]}")
 
 
-# ---------------------------------------------------------------------------------------
-def load_study_file(
-    path: str | Path, overrides: list[str] | None = None, data_root: str | Path | None = None
-) -> StudyConfig:
+def load_study_file(path: str | Path, overrides: list[str] | None = None,
+                    data_root: str | Path | None = None) -> StudyConfig:
     """Read and validate a study file, then apply `--set` overrides and `--data ROOT`.
-
-    Raises ConfigError naming the file and the key.
-    """
+    Raises ConfigError naming the file and the key."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -284,9 +280,7 @@ def load_study_file(
 
 def parse_overrides(items: list[str]) -> list[tuple[str, str, Any]]:
     """`["train.lr=0.01", "epochs=3"]` -> `[("train", "lr", 0.01), ("train", "epochs", 3)]`.
-
-    Values are read as TOML (numbers, booleans, lists), else kept as strings.
-    """
+    Values are read as TOML (numbers, booleans, lists), else kept as strings."""
     sections = {"study": StudySection, "data": DataConfig, "train": TrainConfig}
     out = []
     for item in items:
@@ -345,11 +339,17 @@ def _build(cls, raw: Any, source: str, section: str):
     return cls(**{k: _coerce(cls, k, v, source, section) for k, v in raw.items()})
 
 
+# values a key used to take, read as their new spelling
+_OLD_VALUES: dict[tuple[str, str], dict[Any, Any]] = {("TrainConfig", "amp"): {True: "auto", False: "off"}}
+
+
 def _coerce(cls, key: str, value: Any, source: str, section: str) -> Any:
     """Check `value` against the annotated type of `cls.key`; ints are accepted as floats."""
     hint = _field_types(cls)[key]
     where = f"{source}: [{section}] {key}"
     origin = typing.get_origin(hint)
+    if isinstance(value, bool | str) and value in _OLD_VALUES.get((cls.__name__, key), {}):
+        value = _OLD_VALUES[cls.__name__, key][value]  # what stored configs and checkpoints say
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:

@@ -1,14 +1,20 @@
 """Batches from the decoded uint8 array: shuffle, flip and normalize as tensor ops on the device.
 
 On CUDA the whole uint8 array is copied to the GPU once (2.5 GB for all of CelebA at 64x64), so
-an epoch costs one index permutation and a few kernels per batch; when it does not fit, it stays
-in pinned host memory and each batch is gathered there and copied asynchronously. No Python
-work happens per image.
+an epoch costs one index permutation and a few kernels per batch. Whether it fits is judged
+from the memory a new tensor can really get: driver-free memory plus the blocks PyTorch holds
+cached but unused (a previous trial's), after releasing what it can (`fits_on_gpu`). When it
+does not fit, the array stays where it is (pageable, a memmap is never read whole) and a
+background thread gathers each batch into one of two preallocated pinned buffers while the
+previous one is copied to the GPU (`_Stager`). No Python work happens per image.
 """
 
 from __future__ import annotations
 
+import gc
 import math
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -62,14 +68,16 @@ class BatchLoader:
     shuffle: a new permutation each epoch; flip: random horizontal flips (train only; leave it
     off for evaluation, which is then deterministic). The permutation and flips of an epoch
     depend only on (seed, epoch): call `set_epoch(e)` before iterating, or let the loader count
-    epochs itself (each full pass advances it by one).
+    epochs itself (each full pass advances it by one). `staging` forces the double-buffered
+    host path that CUDA falls back to when the array does not fit (tests, benchmarks).
     """
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray, batch_size: int,
                  *, shuffle: bool, flip: bool, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD,
                  device: torch.device | str = "cpu", seed: int = 0,
-                 channels_last: bool = False, drop_last: bool = False) -> None:
+                 channels_last: bool = False, drop_last: bool = False,
+                 staging: bool = False) -> None:
         if batch_size < 1:
             raise DataError(f"batch_size must be at least 1, got {batch_size}")
         if len(images) != len(labels):
@@ -84,7 +92,10 @@ class BatchLoader:
         self.num_images = len(images)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.float32).to(self.device)
         self.on_device = False  # True when the whole uint8 array lives on `device`
+        self._stager: _Stager | None = None  # the host fallback's double buffer
         self._images = self._place(images)  # (N, S, S, 3) uint8
+        if staging and self._stager is None:  # the CUDA fallback's path, on any device
+            self._stager = _Stager(images, batch_size, self.device)
 
     def _place(self, images: np.ndarray | torch.Tensor) -> torch.Tensor | np.ndarray:
         if self.device.type == "cpu":
@@ -92,9 +103,12 @@ class BatchLoader:
             self.on_device = True
             return images
         if self.device.type == "cuda":
-            nbytes = int(np.prod(images.shape))  # uint8
+            gc.collect()  # a previous trial's loaders: free their GPU copies first
+            torch.cuda.empty_cache()
             free, _ = torch.cuda.mem_get_info(self.device)
-            if nbytes <= free * _GPU_SHARE:
+            reserved = torch.cuda.memory_reserved(self.device)
+            allocated = torch.cuda.memory_allocated(self.device)
+            if fits_on_gpu(int(np.prod(images.shape)), free, reserved, allocated):
                 try:
                     dev = _copy_rows(images, torch.empty(tuple(images.shape), dtype=torch.uint8,
                                                          device=self.device))
@@ -102,11 +116,9 @@ class BatchLoader:
                     return dev
                 except torch.OutOfMemoryError:
                     torch.cuda.empty_cache()
-            try:  # fallback: pinned host memory, batches copied with non_blocking
-                return _copy_rows(images, torch.empty(tuple(images.shape), dtype=torch.uint8,
-                                                      pin_memory=True))
-            except RuntimeError:
-                return _copy_rows(images, torch.empty(tuple(images.shape), dtype=torch.uint8))
+            # fallback: the array stays pageable; batches go through two pinned buffers
+            self._stager = _Stager(images, self.batch_size, self.device)
+            return images
         # other devices (mps): one upload
         self.on_device = True
         return _copy_rows(images, torch.empty(tuple(images.shape), dtype=torch.uint8,
@@ -128,13 +140,19 @@ class BatchLoader:
         order_dev = order.to(self.device)
         flips_dev = flips.to(self.device) if flips is not None else None
         self.epoch += 1
-        for b in range(len(self)):
-            sl = slice(b * bs, min((b + 1) * bs, n))
-            x = self._gather(order, order_dev, sl)  # (B, S, S, 3) uint8 on device
-            if flips_dev is not None:
-                x = self._flip(x, flips[sl], flips_dev[sl])
-            x = _normalize(x, self._scale, self._shift, self.channels_last)  # (B, 3, S, S)
-            yield x, self.labels[order_dev[sl]]
+        slices = [slice(b * bs, min((b + 1) * bs, n)) for b in range(len(self))]
+        staged = self._stager.batches(order, slices) if self._stager is not None else None
+        try:
+            for sl in slices:
+                # (B, S, S, 3) uint8 on the device
+                x = next(staged) if staged is not None else self._gather(order, order_dev, sl)
+                if flips_dev is not None:
+                    x = self._flip(x, flips[sl], flips_dev[sl])
+                x = _normalize(x, self._scale, self._shift, self.channels_last)  # (B,3,S,S)
+                yield x, self.labels[order_dev[sl]]
+        finally:  # a loop stopped early (max_batches) stops the gathering thread too
+            if staged is not None:
+                staged.close()
 
     def _flip(self, x: torch.Tensor, f: torch.Tensor, f_dev: torch.Tensor) -> torch.Tensor:
         """Mirror the images where f is True (the W axis of (B, S, S, 3))."""
@@ -149,10 +167,84 @@ class BatchLoader:
         imgs = self._images
         if isinstance(imgs, np.ndarray):  # CPU, numpy/memmap: np.take reads just these rows
             return torch.from_numpy(np.take(imgs, order[sl].numpy(), axis=0))
-        if self.on_device:
-            return imgs.index_select(0, order_dev[sl])
-        batch = imgs.index_select(0, order[sl])  # CUDA fallback: gather on the host
-        return batch.pin_memory().to(self.device, non_blocking=True)
+        return imgs.index_select(0, order_dev[sl])
+
+
+def fits_on_gpu(nbytes: int, free: int, reserved: int, allocated: int,
+                share: float = _GPU_SHARE) -> bool:
+    """Whether `nbytes` of data may go to the GPU: at most `share` of the memory a new tensor
+    can get, which is the driver's free memory plus what PyTorch has reserved but not
+    allocated (its cache; mem_get_info counts that as used)."""
+    room = free + max(0, reserved - allocated)
+    return nbytes <= room * share
+
+
+class _Stager:
+    """Batches gathered from a pageable host array by a background thread into two
+    preallocated buffers (pinned when the device is CUDA), each copied to the device while
+    the thread fills the other. A buffer is refilled only once its copy has finished."""
+
+    def __init__(self, images: np.ndarray | torch.Tensor, batch_size: int,
+                 device: torch.device) -> None:
+        self.images, self.device = images, device
+        self.pinned = device.type == "cuda" and torch.cuda.is_available()
+        shape = (batch_size, *tuple(images.shape[1:]))
+        self.buffers = [self._buffer(shape) for _ in range(2)]
+
+    def _buffer(self, shape: tuple[int, ...]) -> torch.Tensor:
+        if self.pinned:
+            try:
+                return torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+            except RuntimeError:  # no pinnable memory: pageable copies still work
+                self.pinned = False
+        return torch.empty(shape, dtype=torch.uint8)
+
+    def _fill(self, k: int, rows: torch.Tensor) -> torch.Tensor:
+        out = self.buffers[k][:len(rows)]
+        if isinstance(self.images, np.ndarray):  # a memmap reads just these rows
+            np.take(self.images, rows.numpy(), axis=0, out=out.numpy(), mode="clip")
+        else:
+            torch.index_select(self.images, 0, rows, out=out)
+        return out
+
+    def batches(self, order: torch.Tensor, slices: Sequence[slice]) -> Iterator[torch.Tensor]:
+        """The (B, S, S, 3) uint8 batches `order[sl]` for each slice, on the device."""
+        free: queue.Queue = queue.Queue()
+        filled: queue.Queue = queue.Queue()  # never more than 2 items: 2 buffers circulate
+        for k in range(2):
+            free.put((k, None))
+
+        def gather() -> None:
+            try:
+                for sl in slices:
+                    k, copied = free.get()
+                    if k < 0:
+                        return
+                    if copied is not None:
+                        copied.synchronize()  # the device has read this buffer
+                    filled.put((k, self._fill(k, order[sl])))
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                filled.put((-1, e))
+
+        thread = threading.Thread(target=gather, name="celebhpo-stager", daemon=True)
+        thread.start()
+        try:
+            for _ in slices:
+                k, got = filled.get()
+                if k < 0:
+                    raise got
+                if self.device.type == "cuda":
+                    x = got.to(self.device, non_blocking=self.pinned)
+                    event = torch.cuda.Event()
+                    event.record()
+                    free.put((k, event))
+                else:  # a copy of our own: the buffer is refilled next
+                    x = got.to(self.device, copy=True)
+                    free.put((k, None))
+                yield x
+        finally:
+            free.put((-1, None))
+            thread.join()
 
 
 def _copy_rows(src: np.ndarray | torch.Tensor, dst: torch.Tensor) -> torch.Tensor:

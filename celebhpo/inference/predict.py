@@ -1,15 +1,19 @@
 """Predicting images: files or folders in, per-attribute probabilities and thresholds out.
 
-`predict_paths` is the one batched loop over image files; evaluate and retrieve use it too.
+`predict_paths` is the one batched loop over image files; evaluate and retrieve use it too:
+images decoded in parallel processes while the model runs whole batches.
 Unreadable images are skipped and named with the reason, never fatal one by one.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -97,19 +101,51 @@ def _expand(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str, s
     return paths, missing
 
 
-def _read(path: Path, predictor: Predictor) -> np.ndarray | str:
+def _read(path: str | Path, size: int, crop: str) -> np.ndarray | str:
     """The image as the model sees it, (S, S, 3) uint8, or why it cannot be read."""
     try:
-        return load_image(path, predictor.image_size, predictor.crop)
+        return load_image(path, size, crop)
     except (CelebhpoError, OSError, ValueError, SyntaxError) as e:  # PIL raises all of these
         reason = str(e).replace("\n", " ") or type(e).__name__
         return reason.removeprefix(f"{path}: ")  # the caller names the file
 
 
+def _read_batch(job: tuple[list[str], int, str]) -> list[np.ndarray | str]:
+    """Worker: decode one batch of paths (only PIL and numpy run here, never torch)."""
+    paths, size, crop = job
+    return [_read(p, size, crop) for p in paths]
+
+
+def _decoded_batches(paths: Sequence[Path], size: int, crop: str, batch_size: int,
+                     workers: int) -> Iterator[list[np.ndarray | str]]:
+    """The decoded images of `paths`, batch by batch in order: in a pool of forked decode
+    processes (at most 2 batches per worker in flight, so memory stays bounded) while the
+    caller runs the model; in this process when there is one worker or one batch."""
+    jobs = [([str(p) for p in paths[a:a + batch_size]], size, crop)
+            for a in range(0, len(paths), batch_size)]
+    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    if workers <= 1:
+        yield from map(_read_batch, jobs)
+        return
+    # fork, like the decode cache: workers share the parent's imports and touch only PIL
+    with get_context("fork").Pool(workers) as pool:
+        pending: deque = deque()
+        for job in jobs:
+            pending.append(pool.apply_async(_read_batch, (job,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
 def predict_paths(predictor: Predictor, paths: Sequence[Path], batch_size: int,
-                  progress: bool, desc: str = "predict",
+                  progress: bool, desc: str = "predict", workers: int = 0,
                   ) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
-    """Predict `paths` in batches -> (indices kept, (N_kept, 40) probs, [(index, reason)])."""
+    """Predict `paths` in batches -> (indices kept, (N_kept, 40) probs, [(index, reason)]).
+
+    The one inference path of predict, evaluate and retrieve: images are decoded in parallel
+    (`workers` processes, 0 = every core) while the model runs whole batches under
+    inference_mode (channels_last for the torch backend)."""
     if batch_size < 1:
         raise CelebhpoError(f"batch_size must be at least 1, got {batch_size}")
     kept: list[int] = []
@@ -118,19 +154,19 @@ def predict_paths(predictor: Predictor, paths: Sequence[Path], batch_size: int,
     # a bar only when there is something to wait for
     bar = tqdm(total=len(paths), desc=desc, unit="img", file=sys.stderr, leave=False,
                disable=not progress or len(paths) <= batch_size, dynamic_ncols=True)
+    decoded = _decoded_batches(paths, predictor.image_size, predictor.crop, batch_size, workers)
     with bar:
-        for start in range(0, len(paths), batch_size):
+        for b, got in enumerate(decoded):
             images: list[np.ndarray] = []
-            for i in range(start, min(start + batch_size, len(paths))):
-                got = _read(paths[i], predictor)
-                if isinstance(got, str):
-                    bad.append((i, got))
+            for i, img in enumerate(got, start=b * batch_size):
+                if isinstance(img, str):
+                    bad.append((i, img))
                 else:
                     kept.append(i)
-                    images.append(got)
+                    images.append(img)
             if images:
                 chunks.append(predictor.predict_uint8(np.stack(images)))  # (b, 40)
-            bar.update(min(batch_size, len(paths) - start))
+            bar.update(len(got))
     n_attr = len(predictor.attributes)
     probs = np.concatenate(chunks) if chunks else np.zeros((0, n_attr), dtype=np.float32)
     return kept, probs.astype(np.float32), bad

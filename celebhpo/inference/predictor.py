@@ -1,7 +1,7 @@
 """A trained model, loaded for use: its metadata, and a forward pass from one of three backends.
 
 Every path goes through the training-time preprocessing: `load_image(path, size, crop)` then
-`normalize` with the checkpoint's mean/std; no flip; a sigmoid per attribute (never a softmax
+`normalize` with the checkpoint's mean/std; no flip; fp32 (TF32 on CUDA); a sigmoid per attribute (never a softmax
 across them); per-attribute thresholds tuned on validation unless told otherwise.
 
 `EXPORT_FILES` is the one table of what an export folder holds; export-best writes by it.
@@ -22,6 +22,7 @@ import torch
 
 from celebhpo.data import normalize
 from celebhpo.errors import CelebhpoError, CheckpointError
+from celebhpo.training.amp import enable_fast_fp32
 from celebhpo.training.checkpoint import load_checkpoint, model_from_checkpoint
 from celebhpo.training.devices import resolve_device
 
@@ -50,6 +51,7 @@ class Predictor:
     arch: str
     metrics: dict[str, Any]
     forward: Forward = field(repr=False)
+    channels_last: bool = False  # feed the forward NHWC-strided batches (the torch backend)
 
     @cached_property
     def model_hash(self) -> str:
@@ -75,7 +77,8 @@ class Predictor:
         if not batch.flags.writeable:  # a read-only memmap: torch wants memory it may own
             batch = batch.copy()
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)  # (B,S,S,3) uint8
-        x = normalize(x, self.normalization["mean"], self.normalization["std"])  # (B,3,S,S)
+        x = normalize(x, self.normalization["mean"], self.normalization["std"],
+                      channels_last=self.channels_last)  # (B, 3, S, S)
         with torch.inference_mode():
             logits = self.forward(x)  # (B, 40)
             return torch.sigmoid(logits.float()).cpu().numpy()
@@ -101,12 +104,13 @@ def load_model(path: str | Path, backend: str = "torch", device: str = "cpu") ->
     payload = load_checkpoint(ckpt)
     meta = _metadata(payload, ckpt)
     dev = resolve_device(device, key="device")
+    enable_fast_fp32(dev)  # CUDA: TF32 for this fp32 inference
     if backend == "torch":
         forward = _torch_forward(payload, ckpt, dev)
     else:
         forward = _exported_forward(path, backend, dev)
     return Predictor(source=path, checkpoint_path=ckpt, backend=backend, device=dev,
-                     forward=forward, **meta)
+                     forward=forward, channels_last=backend == "torch", **meta)
 
 
 def _metadata(payload: dict[str, Any], ckpt: Path) -> dict[str, Any]:
@@ -142,7 +146,8 @@ def _torch_forward(payload: dict[str, Any], ckpt: Path, device: torch.device) ->
         model = model_from_checkpoint(payload)
     except (RuntimeError, KeyError, ValueError) as e:
         raise CheckpointError(f"{ckpt}: weights do not fit the model ({e}); re-export it") from e
-    return model.to(device).eval()
+    # channels_last: oneDNN and cuDNN run NHWC convolutions natively (faster on both)
+    return model.to(device, memory_format=torch.channels_last).eval()
 
 
 def _exported_forward(path: Path, backend: str, device: torch.device) -> Forward:

@@ -115,7 +115,8 @@ def train_one_epoch(
 def evaluate(model: nn.Module, loader: BatchLoader, loss_fn: nn.Module | None = None, *,
              amp: bool = False, weighted_loss_fn: nn.Module | None = None) -> EvalOutput:
     """Loss, probabilities and targets of the WHOLE split (no flip: give a loader built with
-    flip=False, shuffle=False). Predictions are `sigmoid(logits)`, per attribute.
+    flip=False, shuffle=False). Predictions are `sigmoid(logits)`, per attribute; `amp` runs
+    the forward under bf16 autocast (fit evaluates in fp32).
 
     `loss` is `loss_fn` (default: plain, unweighted BCE, the loss trials are compared by);
     `weighted_loss_fn`, when given, is computed on the same logits in the same pass (fit uses
@@ -127,7 +128,8 @@ def evaluate(model: nn.Module, loader: BatchLoader, loss_fn: nn.Module | None = 
     weighted_sum = torch.zeros((), dtype=torch.float64, device=device)
     probs, targets = [], []
     n = 0
-    with torch.inference_mode():
+    # a torch.compile'd model recompiles under inference_mode; no_grad keeps its graphs
+    with torch.no_grad() if hasattr(model, "_orig_mod") else torch.inference_mode():
         for x, y in loader:  # x (B, 3, S, S), y (B, A)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(x)  # (B, A)

@@ -7,8 +7,9 @@ propagate unchanged.
 Speed without surprises:
 - batches come from `celebhpo.data.BatchLoader` (decoded once, flipped/normalized as tensor
   ops on the device);
-- on CUDA: bf16 autocast (`[train] amp`), channels_last (`[train] channels_last`), fused Adam,
-  optional `torch.compile` (`[train] compile`);
+- channels_last on every device; bf16 autocast for the training steps where the device has
+  native bf16 (`[train] amp`, see training.amp); validation always in fp32, so the thresholds
+  are tuned on the probabilities inference sees; fused Adam on CUDA; optional `torch.compile`;
 - a NaN/inf loss is found at the end of its epoch (see training.epoch) and raises
   TrainingError naming epoch, batch and lr.
 
@@ -32,6 +33,7 @@ from torch import nn
 from celebhpo.data import IMAGENET_MEAN, IMAGENET_STD, BatchLoader
 from celebhpo.errors import ConfigError, DataError, TrainingError
 from celebhpo.training import models
+from celebhpo.training.amp import enable_fast_fp32, resolve_amp
 from celebhpo.training.checkpoint import FORMAT, VERSION, save_checkpoint
 from celebhpo.training.devices import resolve_device
 from celebhpo.training.epoch import Callback, EpochStats, EvalOutput, evaluate, train_one_epoch
@@ -154,12 +156,9 @@ def _setup(cfg: StudyConfig, data: DataBundle) -> _Run:
     torch.manual_seed(tc.seed)  # model init and dropout; the loaders have their own seeds
     np.random.seed(tc.seed % 2**32)
     device = resolve_device(tc.device)
-    on_cuda = device.type == "cuda"
-    if on_cuda:
-        # fixed input sizes: let cuDNN pick the fastest kernels once
-        torch.backends.cudnn.benchmark = True
-    amp = bool(tc.amp and on_cuda)
-    channels_last = bool(tc.channels_last and on_cuda)
+    enable_fast_fp32(device)  # CUDA: TF32 for the fp32 passes, cuDNN autotuning
+    amp = resolve_amp(tc.amp, device)  # bf16 training steps where native
+    channels_last = bool(tc.channels_last)
     model = models.create_model(tc.arch, num_labels=len(data.attributes),
                                 num_features=tc.num_features, dropout=tc.dropout,
                                 pretrained=tc.pretrained).to(device)
@@ -239,7 +238,7 @@ def _one_epoch(tc: TrainConfig, run: _Run, epoch: int, callbacks: Sequence[Callb
     _check_finite(tc, epoch, lr, stats=stats, steps=len(run.train_loader))
     # validate on the whole split: plain BCE (comparable across weightings), and the
     # training loss too when it is weighted
-    out = evaluate(run.run_model, run.val_loader, amp=run.amp,
+    out = evaluate(run.run_model, run.val_loader, amp=False,  # fp32: see training.amp
                    weighted_loss_fn=run.loss_fn if run.weighted else None)
     _check_finite(tc, epoch, lr, out=out)
     m = compute_metrics(out.probs, out.targets)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
 
-from celebhpo.data.loader import IMAGENET_MEAN, IMAGENET_STD, BatchLoader, normalize
+from celebhpo.data.loader import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BatchLoader,
+    fits_on_gpu,
+    normalize,
+)
 from celebhpo.errors import DataError
 
 N, S = 70, 8
@@ -122,3 +130,59 @@ def test_memmap_input_and_channels_last(data, tmp_path):
     x, _ = next(iter(loader))
     assert x.is_contiguous(memory_format=torch.channels_last)
     np.testing.assert_allclose(x.permute(0, 2, 3, 1).numpy(), images[:64] / 255.0, rtol=1e-6)
+
+
+# -- the CUDA paths' logic, on the CPU ---------------------------------------------------------
+GB = 1 << 30
+
+
+def test_gpu_room_counts_pytorchs_cached_blocks():
+    # an 80 GB card after trial 1: 60 GB cached but unused by PyTorch, 2 GB free to the driver
+    assert fits_on_gpu(6 * GB, free=2 * GB, reserved=60 * GB, allocated=1 * GB)
+    assert not fits_on_gpu(6 * GB, free=2 * GB, reserved=1 * GB, allocated=1 * GB)  # truly full
+    assert not fits_on_gpu(40 * GB, free=10 * GB, reserved=60 * GB, allocated=1 * GB)  # > half
+    assert fits_on_gpu(34 * GB, free=10 * GB, reserved=60 * GB, allocated=1 * GB)
+    # allocated above reserved never counts as room
+    assert fits_on_gpu(GB, free=2 * GB, reserved=0, allocated=5 * GB)
+    assert not fits_on_gpu(GB + 1, free=2 * GB, reserved=0, allocated=5 * GB)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "memmap", "tensor"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_double_buffered_host_path_equals_the_plain_one(data, tmp_path, kind,
+                                                            channels_last):
+    images, labels = data
+    if kind == "memmap":
+        np.save(tmp_path / "a.npy", images)
+        images = np.load(tmp_path / "a.npy", mmap_mode="r")
+    elif kind == "tensor":
+        images = torch.from_numpy(images.copy())
+
+    def loader(staging: bool) -> BatchLoader:
+        return BatchLoader(images, labels, 16, shuffle=True, flip=True, seed=3,
+                           channels_last=channels_last, staging=staging)
+
+    plain, staged = loader(False), loader(True)
+    assert staged._stager is not None and not staged._stager.pinned  # no CUDA: no pinning
+    for epoch in (1, 2):  # 4 full batches and a ragged one of 6, twice
+        plain.set_epoch(epoch)
+        staged.set_epoch(epoch)
+        want = list(plain)
+        got = list(staged)
+        assert [len(x) for x, _ in got] == [16, 16, 16, 16, 6]
+        for (xa, ya), (xb, yb) in zip(want, got, strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+            assert xa.is_contiguous(memory_format=torch.channels_last) == \
+                xb.is_contiguous(memory_format=torch.channels_last)
+    # every batch is a copy of its own, not a view of a buffer that is refilled
+    assert len({x.data_ptr() for x, _ in got}) == len(got)
+
+
+def test_a_staged_epoch_stopped_early_stops_its_thread(data):
+    images, labels = data
+    loader = BatchLoader(images, labels, 8, shuffle=True, flip=False, staging=True)
+    batches = iter(loader)
+    next(batches)
+    assert any(t.name == "celebhpo-stager" for t in threading.enumerate())
+    batches.close()
+    assert not any(t.name == "celebhpo-stager" for t in threading.enumerate())
