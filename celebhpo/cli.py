@@ -294,13 +294,15 @@ def optimize_cmd(study_name: str | None, n_trials: int | None, timeout: float | 
               show_default=True)
 @click.option("--format", "formats", default="pt", show_default=True,
               help="Comma-separated: pt, torchscript, onnx.")
-@click.option("--register", default=None, metavar="NAME",
-              help="Also register in the MLflow Model Registry under NAME, alias 'best'.")
+@click.option("--register", default=None, metavar="NAME", help="Also register in the MLflow "
+              "Model Registry under NAME; alias 'best' moves only to a better test score.")
+@click.option("--force", is_flag=True, help="With --register: move alias 'best' regardless.")
 @storage_option
 @tracking_option
 @device_option
 def export_best_cmd(study_name: str | None, out: Path, formats: str, register: str | None,
-                    storage: str | None, tracking_uri: str | None, device: str | None) -> None:
+                    force: bool, storage: str | None, tracking_uri: str | None,
+                    device: str | None) -> None:
     """Export the best completed trial, evaluated once on the validation and test splits.
 
     Writes model.pt, model_card.md and model_card.json (and model.ts / model.onnx when
@@ -314,7 +316,8 @@ def export_best_cmd(study_name: str | None, out: Path, formats: str, register: s
 
     result = export_best(study_name=study_name, storage=_resolve_storage(storage), out=out,
                          formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
-                         register=register, tracking_uri=tracking_uri, device=device or "auto")
+                         register=register, force=force, tracking_uri=tracking_uri,
+                         device=device or "auto")
     click.echo(result.summary())
 
 
@@ -413,9 +416,7 @@ def retrieve_cmd(model: Path, image_dir: Path, where: str, top: int, min_score: 
               help="Print the URL of this study's runs (default: every study's).")
 @tracking_option
 def ui_cmd(host: str, port: int, study_name: str | None, tracking_uri: str | None) -> None:
-    """Open the MLflow UI on the study's store (binds to 127.0.0.1 unless told otherwise).
-
-    Prints the URL that lands on each study's runs table, then serves until Ctrl-C.
+    """Serve the MLflow UI on the store (on 127.0.0.1 unless told); print each study's URL.
 
     Example: celebhpo ui --study demo --port 5000
     """

@@ -43,6 +43,7 @@ class StudySection:
     reduction_factor: int = 3  # successive_halving/hyperband
     checkpoints: Literal["best", "all"] = "best"  # log every trial's checkpoint, or the best's
     resume: bool = True  # a retried trial resumes from its last epoch (state logged per epoch)
+    system_metrics: bool = False  # MLflow system metrics (CPU, memory, GPU) on trial runs
     heartbeat_interval: int = 30  # seconds; RDB storages other than SQLite
     grace_period: int = 120  # seconds without heartbeat before a trial counts as dead
 
@@ -218,8 +219,7 @@ class StudyConfig:
         same rules, so a searched value is refused at `study create` like a fixed one."""
         src = self.source
         for key, dim in self.space.items():
-            values = dim.choices if isinstance(dim, Categorical) else [dim.low, dim.high]
-            for v in values:
+            for v in dim.choices if isinstance(dim, Categorical) else [dim.low, dim.high]:
                 _check_value("train", key, _coerce(TrainConfig, key, v, src, "space"), src,
                              "space")
                 if key == "arch":
@@ -340,7 +340,7 @@ def _build(cls, raw: Any, source: str, section: str):
 
 
 # values a key used to take, read as their new spelling
-_OLD_VALUES: dict[tuple[str, str], dict[Any, Any]] = {("TrainConfig", "amp"): {True: "auto", False: "off"}}
+_OLD_VALUES: dict[tuple[str, str], dict] = {("TrainConfig", "amp"): {True: "auto", False: "off"}}
 
 
 def _coerce(cls, key: str, value: Any, source: str, section: str) -> Any:

@@ -26,6 +26,7 @@ from celebhpo.report import (
     format_table,
 )
 from celebhpo.tracking import ui_command
+from celebhpo.tracking.ui import runs_url
 
 # The default demo: the seed's grid in miniature. --quick: a tiny one for the test suite.
 DEMO = {"study_file": "demo.toml", "n_images": 2000, "retrieve": "Eyeglasses and not Male"}
@@ -97,7 +98,9 @@ def run_demo(workdir: Path, *, quick: bool = False, echo: Callable[[str], None] 
     echo(format_table(board))
     ui = " ".join(shlex.quote(a) for a in ui_command(demo.tracking_uri, host="127.0.0.1",
                                                      port=5000))
-    echo(f"\nCompare the trials in MLflow:\n  {ui}\n  then open http://127.0.0.1:5000")
+    experiment = load_study(name, demo.storage)[0].user_attrs.get("experiment_id")
+    echo(f"\nCompare the trials in MLflow:\n  {ui}\n  then open "
+         f"{runs_url('127.0.0.1', 5000, experiment)}")
     echo(f"\ndone in {time.perf_counter() - demo.started:.0f} s")
     return {"study": name, "storage": demo.storage, "tracking_uri": demo.tracking_uri,
             "best": demo.best_dir, "leaderboard": board, "check": check}
@@ -131,8 +134,8 @@ def _create_study(demo: _Demo) -> str:
 def _export_and_check(demo: _Demo, name: str) -> dict[str, float]:
     demo.step(4, f"export the best trial to {demo.best_dir}; score it on validation and test")
     exported = export_best(study_name=name, storage=demo.storage, out=demo.best_dir,
-                           formats=("pt",), tracking_uri=demo.tracking_uri, device="cpu",
-                           progress=False)
+                           formats=("pt",), register="celebhpo-demo",
+                           tracking_uri=demo.tracking_uri, device="cpu", progress=False)
     demo.echo(exported.summary())
     check = accuracy_check(exported.metrics)
     demo.echo(format_accuracy_check(check))

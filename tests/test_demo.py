@@ -24,6 +24,12 @@ def test_quick_demo_runs_everything_and_a_second_run_starts_a_fresh_study(tmp_pa
     storage = f"sqlite:///{tmp_path / 'studies' / 'celebhpo.db'}"
     study = optuna.load_study(study_name="demo-quick", storage=storage)
     assert len(study.trials) == 2  # the whole grid
+    assert "registered celebhpo-demo version 1 (alias best)" in out
+    # the last lines land on the study's runs table, not MLflow's GenAI overview
+    experiment = study.user_attrs["experiment_id"]
+    assert out.rstrip().splitlines()[-2].endswith(
+        f"then open http://127.0.0.1:5000/#/experiments/{experiment}/runs"
+        "?workflowType=machine_learning")
     assert all(t.state.is_finished() for t in study.trials)
 
     again = runner.invoke(cli, ["demo", "--workdir", str(tmp_path), "--quick"])

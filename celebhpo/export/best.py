@@ -11,16 +11,19 @@ as it was.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
+from mlflow.entities import Metric, RunTag
 
 from celebhpo._io import check_writable, output_errors, to_jsonable
 from celebhpo.errors import StudyError
@@ -32,6 +35,7 @@ from celebhpo.export.formats import (
     parse_formats,
     require_onnx,
 )
+from celebhpo.export.mlflow_model import log_mlflow_model
 from celebhpo.hpo import load_study, metric_name, require_best_trial
 from celebhpo.inference import EXPORT_FILES, SplitEvaluation
 from celebhpo.inference.evaluate import evaluate_splits
@@ -68,6 +72,7 @@ def export_best(
     out: str | Path,
     formats: tuple[str, ...] | list[str] = ("pt",),
     register: str | None = None,
+    force: bool = False,
     tracking_uri: str | None = None,
     device: str = "cpu",
     progress: bool = True,
@@ -75,8 +80,10 @@ def export_best(
     """Export the study's best COMPLETE trial into `out`: model.pt (the checkpoint with its
     validation and test metrics added), model_card.md/.json, and model.ts / model.onnx when
     asked. The checkpoint comes from the trial's MLflow run (user attr `mlflow_run_id`);
-    `register` also registers the export in the MLflow Model Registry under that name with
-    alias `best`."""
+    The trial's run gets the model as an MLflow model, the test metrics (`test/...`) and the
+    tag `celebhpo.exported`; `register` registers that MLflow model under that name, and its
+    alias `best` moves to it only if it beats the aliased version's test mean accuracy on the
+    same test split (or `force`)."""
     wanted = parse_formats(formats)
     if "onnx" in wanted:
         require_onnx()
@@ -92,8 +99,8 @@ def export_best(
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
-            files, evaluations, checks = _export_via(tmp, out, wanted, chosen, tracker, storage,
-                                                     torch_device, progress)
+            files, evaluations, checks, model, payload = _export_via(
+                tmp, out, wanted, chosen, tracker, storage, torch_device, progress)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -102,10 +109,46 @@ def export_best(
         run_id=chosen.run_id, metric=metric_name(chosen.study), value=float(chosen.trial.value),
         files=files, metrics=split_metrics(evaluations), checks=checks,
     )
+    info = _write_back(tracker, result, model, payload)
     if register:
-        version = register_model(tracker, register, chosen.run_id, out, [f.name for f in files])
-        result.registered = f"{register} version {version} (alias best)"
+        result.registered = str(register_model(
+            tracker, register, chosen.run_id, info.model_uri, model_id=info.model_id,
+            score=float(result.metrics["test"]["tuned"]["mean_acc"]), split=split_key(payload),
+            force=force, tags={"study": result.study_name,
+                               "trial_number": str(result.trial_number)}))
     return result
+
+
+def _write_back(tracker: Tracker, result: ExportResult, model: torch.nn.Module,
+                payload: dict[str, Any]) -> Any:
+    """The exported trial's run gets the model as an MLflow model (`model`), the test
+    metrics (`test/...`) and the tag `celebhpo.exported` = the export folder."""
+    info = tracker.call("log model", log_mlflow_model, tracker.uri, result.run_id, model,
+                        payload)
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"test/{k}", float(v), now, 0)
+               for k, v in _leaves(result.metrics["test"]).items()]
+    tracker.log_batch(result.run_id, metrics=metrics, tags=[
+        RunTag("celebhpo.exported", str(result.out.resolve()))])
+    return info
+
+
+def _leaves(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """{"tuned": {"mean_acc": 0.9}, "loss": 0.2} -> {"tuned/mean_acc": 0.9, "loss": 0.2}."""
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_leaves(v, f"{prefix}{k}/"))
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
+def split_key(payload: dict[str, Any]) -> str:
+    """Which test split a model was scored on: a digest of the data root and split sizes."""
+    data = payload["config"]["data"]
+    keys = {k: data.get(k) for k in ("root", "train_size", "val_size", "test_size")}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -131,9 +174,10 @@ def _choose(study_name: str | None, storage: str) -> _Chosen:
 
 def _export_via(tmp: Path, out: Path, wanted: list[str], chosen: _Chosen, tracker: Tracker,
                 storage: str, device: torch.device, progress: bool,
-                ) -> tuple[list[Path], dict[str, SplitEvaluation], dict[str, float]]:
+                ) -> tuple[list[Path], dict[str, SplitEvaluation], dict[str, float],
+                           torch.nn.Module, dict[str, Any]]:
     """Download, evaluate, build and check in `tmp`, then publish into `out` ->
-    (files, evaluations, format checks)."""
+    (files, evaluations, format checks, model, checkpoint payload)."""
     payload = load_checkpoint(download_checkpoint(tracker, chosen.run_id, tmp / "download"))
     model = model_from_checkpoint(payload).to(device).eval()
     evaluations = evaluate_splits(model, payload, device, ("val", "test"), progress)
@@ -149,7 +193,7 @@ def _export_via(tmp: Path, out: Path, wanted: list[str], chosen: _Chosen, tracke
     (tmp / "build" / "model_card.json").write_text(
         json.dumps(card, indent=2, default=to_jsonable), encoding="utf-8")
     files = _publish(tmp / "build", out, names + list(CARD_FILES))
-    return files, evaluations, checks
+    return files, evaluations, checks, model, payload
 
 
 def _model_files(wanted: list[str]) -> list[str]:

@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,9 @@ def _new_study(backend: optuna.storages.BaseStorage, spec: StorageSpec, stored: 
         raise StudyError(f"study '{name}' was created in {spec.masked} by someone else just now; "
                          "run the command again") from None
     try:
+        with warnings.catch_warnings():  # experimental in Optuna 5; names "Objective 0"
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([stored.study.metric])
         for key, value in attrs.items():
             study.set_user_attr(key, value)
         if attrs["grid"]:

@@ -55,7 +55,12 @@ from celebhpo.hpo.storage import StorageSpec, optuna_quiet, parse_storage
 from celebhpo.hpo.studies import open_study
 from celebhpo.hpo.trial import TrialContext, run_trial
 from celebhpo.report import format_optimize_summary
-from celebhpo.tracking import Tracker, close_orphan_runs, study_tracking_uri
+from celebhpo.tracking import (
+    Tracker,
+    close_orphan_runs,
+    set_study_run_status,
+    study_tracking_uri,
+)
 from celebhpo.training.devices import resolve_device
 
 __all__ = ["OptimizeSummary", "optimize"]
@@ -186,6 +191,10 @@ def _run(ctx: TrialContext, spec: StorageSpec, n_trials: int | None, timeout: fl
         ctx.echo(f"interrupted after {len(ran)} trials; the running trial is failed and "
                  "re-queued: run optimize again to resume")
         raise
+    try:  # the parent run: FINISHED when the study is done, FAILED if every trial failed
+        set_study_run_status(ctx.tracker, ctx.attrs["parent_run_id"], ctx.study, done=True)
+    except TrackingError as e:
+        ctx.echo(f"warning: MLflow parent run status not set: {e}")
     best = best_trial(ctx.study)
     summary = OptimizeSummary(
         study_name=ctx.study.study_name, counts=state_counts(ctx.study.get_trials(deepcopy=False)),

@@ -1,8 +1,13 @@
-"""A trial's checkpoint back out of MLflow, and an export into MLflow's model registry."""
+"""A trial's checkpoint back out of MLflow, and an export into MLflow's model registry: a new
+version per export, the alias (`best`) moved only to a version that beats it."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.entities.model_registry import ModelVersion
@@ -10,7 +15,11 @@ from mlflow.entities.model_registry import ModelVersion
 from celebhpo.errors import TrackingError, mask_url
 from celebhpo.tracking.client import CREATE_ID_TAG, Tracker
 
-__all__ = ["download_checkpoint", "register_model"]
+__all__ = ["SCORE_TAG", "SPLIT_TAG", "Registered", "download_checkpoint", "global_uris",
+           "register_model"]
+
+SCORE_TAG = "celebhpo.test_mean_acc"  # a version's test mean accuracy at tuned thresholds
+SPLIT_TAG = "celebhpo.test_split"  # ... and the split it was measured on (a digest)
 
 
 def download_checkpoint(tracker: Tracker, run_id: str, dst_dir: str | Path) -> Path:
@@ -29,37 +38,109 @@ def download_checkpoint(tracker: Tracker, run_id: str, dst_dir: str | Path) -> P
     return Path(path)
 
 
-def register_model(tracker: Tracker, name: str, run_id: str, folder: str | Path,
-                   files: list[str], tags: dict[str, str] | None = None) -> str:
-    """Log `folder`/`files` (an export) to the run under `export/`, register them as a new
-    version of model `name` and point its alias `best` at it (aliases, not the
-    deprecated stages). Returns the version."""
+@dataclass
+class Registered:
+    """What `register_model` did: the new version, and where the alias points now."""
+
+    name: str
+    version: str
+    alias: str
+    moved: bool  # whether the alias now points at `version`
+    note: str  # why (for the one line export-best prints)
+
+    def __str__(self) -> str:
+        return f"{self.name} version {self.version} ({self.note})"
+
+
+@contextlib.contextmanager
+def global_uris(uri: str) -> Iterator[None]:
+    """MLflow's model logging, and a registry on a database (it looks the logged model up),
+    go through MLflow's global tracking/registry URIs: `uri` for this block."""
+    import mlflow
+
+    old, old_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(old)
+        mlflow.set_registry_uri(old_registry)
+
+
+def register_model(tracker: Tracker, name: str, run_id: str, model_uri: str, *,
+                   score: float, split: str, model_id: str | None = None, alias: str = "best",
+                   force: bool = False, tags: dict[str, str] | None = None) -> Registered:
+    """Register the MLflow model at `model_uri` (logged on `run_id`) as a new version of
+    `name`, tagged with its `score` (test mean accuracy at the tuned thresholds) on test
+    split `split` (a digest of the data root and split sizes). The alias (not the deprecated
+    stages) moves to it only if it beats the aliased version on the same split, or `force`;
+    each move is recorded as the version tag `celebhpo.alias.<alias>`."""
     client = tracker.client
-    for f in files:
-        tracker.call("log artifact", client.log_artifact, run_id, str(Path(folder) / f),
-                      "export")
+    _ensure_model(tracker, name)
+    version = _create_version(tracker, name, run_id, model_uri, model_id, {
+        **{k: mask_url(str(v)) for k, v in (tags or {}).items()},
+        SCORE_TAG: repr(float(score)), SPLIT_TAG: split})
+    current = _aliased(tracker, name, alias)
+    moved, note = _should_move(current, score, split, force, alias)
+    if moved:
+        tracker.call("set alias", client.set_registered_model_alias, name, alias,
+                     version.version)
+        was = f"from version {current.version}" if current is not None else "first"
+        when = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        tracker.call("tag version", client.set_model_version_tag, name, version.version,
+                     f"celebhpo.alias.{alias}", f"{when}: {was}; {note}")
+    return Registered(name, str(version.version), alias, moved, note)
+
+
+def _should_move(current: ModelVersion | None, score: float, split: str, force: bool,
+                 alias: str) -> tuple[bool, str]:
+    if current is None:
+        return True, f"alias {alias}"
+    if force:
+        return True, f"alias {alias}, forced over version {current.version}"
+    old_split = current.tags.get(SPLIT_TAG)
+    old = current.tags.get(SCORE_TAG)
+    if old_split != split or old is None:
+        return False, (f"alias {alias} kept on version {current.version}: it was scored on "
+                       "another test split, so the two cannot be compared; pass --force to "
+                       "move it")
+    if score > float(old):
+        return True, (f"alias {alias}: test mean acc {score:.4f} beats version "
+                      f"{current.version}'s {float(old):.4f}")
+    return False, (f"alias {alias} kept on version {current.version}: its test mean acc "
+                   f"{float(old):.4f} is not beaten by {score:.4f}; pass --force to move it")
+
+
+def _aliased(tracker: Tracker, name: str, alias: str) -> ModelVersion | None:
+    found = tracker.call("get model", tracker.client.get_registered_model, name)
+    version = (found.aliases or {}).get(alias)
+    if version is None:
+        return None
+    return tracker.call("get version", tracker.client.get_model_version, name, str(version))
+
+
+def _ensure_model(tracker: Tracker, name: str) -> None:
+    client = tracker.client
     found = tracker.call("search models", client.search_registered_models,
                           filter_string=f"name = '{name}'")
     if not found:
         try:
             tracker.call("create model", client.create_registered_model, name,
-                          description="celebhpo export-best: 40 face-attribute classifier")
+                          description="celebhpo export-best: 40 face-attribute classifier; "
+                                      "input (B, S, S, 3) uint8 images, output (B, 40) "
+                                      "probabilities")
         except TrackingError:
             # made meanwhile: by another export, or by our own first request, repeated by
             # MLflow's HTTP retries after its answer was lost
             if not tracker.call("search models", client.search_registered_models,
                                 filter_string=f"name = '{name}'"):
                 raise
-    version = _create_version(tracker, name, run_id,
-                              {k: mask_url(str(v)) for k, v in (tags or {}).items()})
-    tracker.call("set alias", client.set_registered_model_alias, name, "best",
-                  version.version)
-    return str(version.version)
 
 
-def _create_version(tracker: Tracker, name: str, run_id: str,
-                    tags: dict[str, str]) -> ModelVersion:
-    """A new version of `name` from the run's export/, made once (see Tracker.create_run):
+def _create_version(tracker: Tracker, name: str, run_id: str, source: str,
+                    model_id: str | None, tags: dict[str, str]) -> ModelVersion:
+    """A new version of `name` from the MLflow model at `source`, made once (see Tracker.create_run):
     tagged with a client-made id that a retry looks for before creating again."""
     client = tracker.client
     key = uuid.uuid4().hex
@@ -69,9 +150,13 @@ def _create_version(tracker: Tracker, name: str, run_id: str,
         return sorted((v for v in found if v.tags.get(CREATE_ID_TAG) == key),
                       key=lambda v: int(v.version))
 
-    version = tracker.create_once("create model version", lambda: client.create_model_version(
-        name, source=f"runs:/{run_id}/export", run_id=run_id,
-        tags={**tags, CREATE_ID_TAG: key}), find)
+    def create() -> ModelVersion:
+        with global_uris(tracker.uri):
+            return client.create_model_version(name, source=source, run_id=run_id,
+                                               tags={**tags, CREATE_ID_TAG: key},
+                                               model_id=model_id)
+
+    version = tracker.create_once("create model version", create, find)
     for copy in tracker.call("search model versions", find):
         if copy.version != version.version:
             tracker.call("delete model version", client.delete_model_version, name,

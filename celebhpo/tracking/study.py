@@ -8,6 +8,7 @@ Shape (shared/DESIGN.md "MLflow shape"): one experiment per study name, created 
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -15,11 +16,12 @@ from mlflow.entities import Param, Run, RunTag
 
 from celebhpo.errors import TrackingError, mask_url, without_credentials
 from celebhpo.tracking.client import Tracker
+from celebhpo.tracking.metadata import source_tags
 from celebhpo.tracking.trial import RUN_STATUS, TrialRun, flatten_config
 from celebhpo.tracking.uris import artifact_location
 
 __all__ = ["STUDY_KEY_TAG", "child_runs", "close_orphan_runs", "create_study_run",
-           "supersede"]
+           "parent_params", "study_note", "supersede"]
 
 
 STUDY_KEY_TAG = "celebhpo.study_key"
@@ -52,18 +54,17 @@ def create_study_run(tracker: Tracker, study_name: str, config: dict[str, Any], 
         run_name = next(n for n in (study_name, *(f"{study_name} ({i})" for i in
                                                    range(2, len(names) + 3)))
                         if n not in names)
-        tags = {"role": "study", "study": study_name}
+        tags = {**source_tags(), "role": "study", "study": study_name}
         if storage:
             tags["storage"] = without_credentials(storage)
         run_id = tracker.create_run(experiment_id, run_name, tags, key=key,
                                     key_tag=STUDY_KEY_TAG).info.run_id
     # logged again when a retry finds the run: MLflow accepts a param re-logged unchanged
-    params = [Param(k, v) for k, v in flatten_config(config).items()]
+    params = [Param(k, v) for k, v in parent_params(config).items()]
     tracker.log_batch(run_id, params=params,
-                      tags=[RunTag("mlflow.note.content", _study_note(study_name, config))])
-    # The parent stands for the study, not for a process: it is FINISHED at once (MLflow
-    # still accepts its artifacts and metrics), so no worker's exit leaves it RUNNING.
-    tracker.call("end run", tracker.client.set_terminated, run_id, "FINISHED")
+                      tags=[RunTag("mlflow.note.content", study_note(study_name, config))])
+    # RUNNING while the study has trials to run: parent.set_study_run_status ends it
+    # FINISHED (grid or budget done) or FAILED (every trial failed) after trials
     return experiment_id, run_id
 
 
@@ -97,11 +98,28 @@ def _experiment(tracker: Tracker, name: str, artifacts: str | None) -> str:
     return exp.experiment_id
 
 
-def _study_note(study_name: str, config: dict[str, Any]) -> str:
+def parent_params(config: dict[str, Any]) -> dict[str, str]:
+    """The parent run's params: the config less the searched keys (their base values never
+    trained), and each searched key as `space.<key>` = its choices (a JSON list) or range
+    (a JSON object)."""
+    space = config.get("space") or {}
+    flat = flatten_config({k: v for k, v in config.items() if k != "space"})
+    out = {k: v for k, v in flat.items() if not (k.startswith("train.")
+                                                  and k[len("train."):] in space)}
+    for key, dim in space.items():
+        out[f"space.{key}"] = json.dumps(dim, sort_keys=True, default=str)[:6000]
+    return out
+
+
+def study_note(study_name: str, config: dict[str, Any], best: str = "") -> str:
+    """The parent run's description (markdown): what the study searches, where things are,
+    and `best` (a line about the best trial, with a link) once there is one."""
     space = config.get("space", {})
     searched = ", ".join(space) if space else "nothing (a fixed configuration)"
-    return (f"celebhpo study **{study_name}**: one child run per trial; searched: {searched}. "
-            "Artifacts: leaderboard.csv, f1_by_attribute.png, summary/*.html (Optuna plots).")
+    note = (f"celebhpo study **{study_name}**: one child run per trial; searched: {searched}. "
+            "Artifacts: leaderboard.csv, f1_by_attribute.png, summary/report.html (every "
+            "Optuna plot, offline) and summary/*.png.")
+    return f"{note}\n\n{best}" if best else note
 
 
 def child_runs(tracker: Tracker, parent_run_id: str, status: str | None = None) -> list[Run]:
@@ -140,7 +158,7 @@ def close_orphan_runs(tracker: Tracker, parent_run_id: str,
             continue
         reason = (f"worker stopped before closing this run; Optuna marked trial {number} "
                   f"{state}")
-        TrialRun(tracker, run.info.run_id, number).end(
+        TrialRun(tracker, run.info.run_id, number, run.info.run_name).end(
             state, reason=reason if state == "FAIL" else None, quiet=False)
         if state != "FAIL":
             tracker.call("tag run", tracker.client.set_tag, run.info.run_id, "note", reason)

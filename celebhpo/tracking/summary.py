@@ -1,5 +1,6 @@
 """The parent run's summaries, refreshed after each trial: leaderboard.csv, the attribute x
-trial F1 heatmap, Optuna's plots (summary/*.html) and the best-trial metrics."""
+trial F1 heatmap, Optuna's plots (summary/*.png and one offline summary/report.html), the
+best trial's metrics and the parent's status."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pandas as pd
@@ -16,6 +16,9 @@ from mlflow.entities import Metric
 
 from celebhpo.tracking import plots
 from celebhpo.tracking.client import Tracker, one_line
+from celebhpo.tracking.names import final_run_name
+from celebhpo.tracking.parent import mark_best, set_study_run_status
+from celebhpo.tracking.trial import BEST_PREFIX
 
 __all__ = ["refresh_parent"]
 
@@ -23,16 +26,19 @@ log = logging.getLogger(__name__)
 
 
 def refresh_parent(tracker: Tracker, parent_run_id: str, study: optuna.Study,
-                   leaderboard: pd.DataFrame | None = None) -> list[str]:
-    """Re-log the parent run's leaderboard.csv, f1_by_attribute.png, Optuna plots (HTML)
-    and best_trial_number/best_value metrics. A plot that cannot be drawn is skipped with
-    a warning: a summary never fails a trial. Returns the artifact names written."""
+                   leaderboard: pd.DataFrame | None = None, *, done: bool = False) -> list[str]:
+    """Re-log the parent run's leaderboard.csv, f1_by_attribute.png, Optuna's plots (PNG,
+    and all of them in one self-contained summary/report.html), the `trials/*` counts and
+    the best trial (`best/*` metrics, tags, the `celebhpo.best` tag on its run), then set
+    the parent's status (parent.set_study_run_status; `done`: the caller's budget is spent).
+    A plot that cannot be drawn is skipped with a warning: a summary never fails a trial.
+    Returns the artifact names written."""
     written: list[str] = []
     with tempfile.TemporaryDirectory(prefix="celebhpo-parent-") as tmp:
         out = Path(tmp)
         if leaderboard is None:
             leaderboard = study.trials_dataframe()
-        leaderboard.to_csv(out / "leaderboard.csv", index=False)
+        _with_runs(leaderboard, study).to_csv(out / "leaderboard.csv", index=False)
         written.append("leaderboard.csv")
         for name, draw in _parent_plots(study):
             try:
@@ -42,42 +48,80 @@ def refresh_parent(tracker: Tracker, parent_run_id: str, study: optuna.Study,
                 log.warning("skipped %s for the parent run: %s", name, one_line(str(e), 200))
         for name in written:
             tracker.call("log artifact", tracker.client.log_artifact, parent_run_id,
-                          str(out / name), "summary" if name.endswith(".html") else None)
+                          str(out / name), "summary" if name in _SUMMARY else None)
 
-    done = [t for t in study.trials if t.state.is_finished()]
-    complete = [t for t in done if t.state == optuna.trial.TrialState.COMPLETE]
-    now = int(time.time() * 1000)
-    metrics = [Metric("finished_trials", len(done), now, len(done)),
-               Metric("complete_trials", len(complete), now, len(done))]
-    if complete and len(study.directions) == 1:
-        best = study.best_trial
-        metrics += [Metric("best_trial_number", best.number, now, len(done)),
-                    Metric("best_value", float(best.value), now, len(done))]
+    done_trials = [t for t in study.trials if t.state.is_finished()]
+    complete = [t for t in done_trials if t.state == optuna.trial.TrialState.COMPLETE]
+    now, step = int(time.time() * 1000), len(done_trials)
+    metrics = [Metric("trials/finished", len(done_trials), now, step),
+               Metric("trials/complete", len(complete), now, step)]
+    best = best_trial(study) if len(study.directions) == 1 else None
+    if best is not None:
+        metrics += [Metric(f"{BEST_PREFIX}trial_number", best.number, now, step),
+                    Metric(f"{BEST_PREFIX}value", float(best.value), now, step)]
     tracker.log_batch(parent_run_id, metrics=metrics)
-    tracker.call("end run", tracker.client.set_terminated, parent_run_id, "FINISHED")
+    mark_best(tracker, parent_run_id, study, best, step)
+    set_study_run_status(tracker, parent_run_id, study, done)
     return written
 
 
-def _parent_plots(study: optuna.Study) -> list[tuple[str, Callable[[Path], None]]]:
-    """(artifact name, drawer) for each parent plot that makes sense for this study now."""
+def _with_runs(board: pd.DataFrame, study: optuna.Study) -> pd.DataFrame:
+    """The leaderboard with each trial's MLflow run name and id (run_name, run_id) at the
+    end: the row to look for in the runs table."""
+    key = "trial" if "trial" in board.columns else "number"
+    if key not in board.columns:
+        return board
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    found = [trials.get(int(n)) for n in board[key]]
+    return board.assign(
+        run_name=[final_run_name(t) if t else None for t in found],
+        run_id=[t.user_attrs.get("mlflow_run_id") if t else None for t in found])
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The best COMPLETE trial by the study's direction (None: none yet)."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    vis = optuna.visualization
+    if not complete:
+        return None
+    pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
+    return pick(complete, key=lambda t: (t.value, -t.number) if pick is max
+                else (t.value, t.number))
 
-    def html(make: Callable[[optuna.Study], Any]) -> Callable[[Path], None]:
-        # plotly.js from its CDN: a full copy would add 3.5 MB to every file on every refresh
-        return lambda path: make(study).write_html(str(path), include_plotlyjs="cdn")
 
+_PLOTS = {"optimization_history": "Optimization history",
+          "parallel_coordinate": "Parallel coordinates",
+          "param_importances": "Parameter importances",
+          "intermediate_values": "Intermediate values (per epoch)"}
+_SUMMARY = {f"{k}.png" for k in _PLOTS} | {"report.html"}
+
+
+def _parent_plots(study: optuna.Study) -> list[tuple[str, Callable[[Path], None]]]:
+    """(artifact name, drawer) for each parent plot that makes sense for this study now:
+    the heatmap, each Optuna plot as a PNG, and report.html with every Optuna plot."""
+    kinds = _plot_kinds(study)
     out: list[tuple[str, Callable[[Path], None]]] = [
         ("f1_by_attribute.png", lambda path: plots.f1_heatmap_from_study(study, path)),
     ]
-    if complete and len(study.directions) == 1:
-        out.append(("optimization_history.html", html(vis.plot_optimization_history)))
-        if len({k for t in complete for k in t.params}) >= 1:
-            out.append(("parallel_coordinate.html", html(vis.plot_parallel_coordinate)))
-        varied = {k for k in {k for t in complete for k in t.params}
-                  if len({repr(t.params.get(k)) for t in complete}) > 1}
-        if len(complete) >= 2 and len(varied) > 1:
-            out.append(("param_importances.html", html(vis.plot_param_importances)))
-    if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
-        out.append(("intermediate_values.html", html(vis.plot_intermediate_values)))
+    for kind in kinds:
+        out.append((f"{kind}.png", lambda path, k=kind: plots.optuna_png(study, k, path)))
+    if kinds:
+        out.append(("report.html", lambda path: plots.optuna_report_html(
+            study, {k: _PLOTS[k] for k in kinds}, path)))
     return out
+
+
+def _plot_kinds(study: optuna.Study) -> list[str]:
+    """The Optuna plots (optuna.visualization names less `plot_`) worth drawing now."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    kinds = []
+    if complete and len(study.directions) == 1:
+        kinds.append("optimization_history")
+        searched = {k for t in complete for k in t.params}
+        if searched:
+            kinds.append("parallel_coordinate")
+        varied = {k for k in searched if len({repr(t.params.get(k)) for t in complete}) > 1}
+        if len(complete) >= 2 and len(varied) > 1:
+            kinds.append("param_importances")
+    if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
+        kinds.append("intermediate_values")
+    return kinds

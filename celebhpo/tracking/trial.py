@@ -24,47 +24,26 @@ from celebhpo.errors import TrackingError, mask_url
 from celebhpo.report import report_to_dict
 from celebhpo.tracking import plots
 from celebhpo.tracking.client import Tracker, one_line
+from celebhpo.tracking.metadata import (
+    dataset_input,
+    source_tags,
+    start_system_metrics,
+    stop_system_metrics,
+)
+from celebhpo.tracking.names import trial_run_name
 
-__all__ = ["RUN_STATUS", "TrialRun", "f1_by_attribute", "flatten_config", "start_trial",
+__all__ = ["BEST_PREFIX", "RUN_STATUS", "TrialRun", "f1_by_attribute", "flatten_config", "start_trial",
            "trial_run_name"]
 
 log = logging.getLogger(__name__)
 
+BEST_PREFIX = "best/"  # a trial's best-epoch metrics, and the parent's copy of the best trial's
 # Optuna state -> MLflow run status
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 _PARAM_CHARS = 6000  # MLflow's limit on a param value
 
 
-# -- naming and flattening -----------------------------------------------------------------
-_SHORT = {"lr": "lr", "dropout": "p", "num_features": "f", "weight_decay": "wd",
-          "batch_size": "bs", "optimizer": "opt", "scheduler": "sched", "epochs": "ep"}
-_ORDER = ["lr", "dropout", "num_features"]
-
-
-def _compact(value: Any) -> str:
-    """1e-3, 0.3, 512, resnet50: short enough for a run name, exact enough to tell apart."""
-    if isinstance(value, bool) or not isinstance(value, float):
-        return str(value)
-    if value == 0 or not math.isfinite(value):
-        return f"{value:g}"
-    if abs(value) < 1e-2 or abs(value) >= 1e5:
-        mantissa, exp = f"{value:.2e}".split("e")
-        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
-    return f"{value:.3g}"
-
-
-def trial_run_name(trial_number: int, params: dict[str, Any]) -> str:
-    """`t007 resnet50 lr=1e-3 p=0.3 f=512`: arch first, then lr, dropout, num_features, the
-    rest of the searched params in name order."""
-    parts = [f"t{trial_number:03d}"]
-    if "arch" in params:
-        parts.append(str(params["arch"]))
-    rest = sorted(k for k in params if k != "arch" and k not in _ORDER)
-    for key in [k for k in _ORDER if k in params] + rest:
-        parts.append(f"{_SHORT.get(key, key)}={_compact(params[key])}")
-    return " ".join(parts)
-
-
+# -- flattening ------------------------------------------------------------------------------
 def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """`{"data": {"image_size": 64}}` -> `{"data.image_size": "64"}`, values as MLflow
     param strings with any URL password masked. Lists and the search space are JSON."""
@@ -101,9 +80,11 @@ def start_trial(tracker: Tracker, experiment_id: str, parent_run_id: str, trial_
                 params: dict[str, Any], config: dict[str, Any],
                 tags: dict[str, Any] | None = None) -> TrialRun:
     """A RUNNING child run for one trial. `params` are the trial's searched values (they
-    make the name); `config` is its resolved config (logged flattened); `tags` adds to
-    study/trial_number/state/host (e.g. {"study": name, "device": "cuda:0"})."""
+    make the name); `config` is its resolved config (logged flattened, and its data set as
+    an MLflow dataset input); `tags` adds to study/trial_number/state/host and the source
+    tags (metadata.source_tags) (e.g. {"study": name, "device": "cuda:0"})."""
     all_tags = {
+        **source_tags(),
         "mlflow.parentRunId": parent_run_id,
         "role": "trial",
         "trial_number": str(trial_number),
@@ -113,20 +94,29 @@ def start_trial(tracker: Tracker, experiment_id: str, parent_run_id: str, trial_
     }
     for key, value in (tags or {}).items():
         all_tags[key] = one_line(str(value), 5000)
-    run = tracker.create_run(experiment_id, trial_run_name(trial_number, params), all_tags)
-    trial_run = TrialRun(tracker, run.info.run_id, trial_number)
+    name = trial_run_name(trial_number, params)
+    run = tracker.create_run(experiment_id, name, all_tags)
+    trial_run = TrialRun(tracker, run.info.run_id, trial_number, name)
     tracker.log_batch(run.info.run_id,
                        params=[Param(k, v) for k, v in flatten_config(config).items()])
+    dataset = dataset_input(config.get("data") or {})
+    if dataset is not None:
+        tracker.call("log inputs", tracker.client.log_inputs, run.info.run_id, [dataset])
+    if (config.get("study") or {}).get("system_metrics"):
+        trial_run.monitor = start_system_metrics(tracker.uri, run.info.run_id)
     return trial_run
 
 
 class TrialRun:
     """One trial's child run. Made by `start_trial`; ended once by `end`."""
 
-    def __init__(self, tracker: Tracker, run_id: str, trial_number: int) -> None:
+    def __init__(self, tracker: Tracker, run_id: str, trial_number: int,
+                 name: str | None = None) -> None:
         self.tracker = tracker
         self.run_id = run_id
         self.trial_number = trial_number
+        self.name = name  # the run name; looked up when a pruned run is renamed, if None
+        self.monitor: Any = None  # MLflow's system metrics monitor, when [study] asks for it
         self.ended = False
 
     def __repr__(self) -> str:
@@ -143,15 +133,17 @@ class TrialRun:
 
     def log_result(self, result: Any, config: dict[str, Any], log_checkpoint: bool = True
                    ) -> dict[str, Any]:
-        """The finished trial: best-epoch metrics (`best_*`), classification_report.csv/.json,
+        """The finished trial: best-epoch metrics (`best/*`: MLflow's chart view puts them in a
+        section of their own, apart from the per-epoch curves), classification_report.csv/.json,
         thresholds.json, curves.png, config.json and (if `log_checkpoint`) model.pt.
 
         `result` is a train.FitResult. Returns {"f1_by_attribute": {attribute: F1}} for the
         objective to store as a trial user attr (the parent's heatmap reads it)."""
         now = int(time.time() * 1000)
-        best = [Metric(f"best_{k}", float(v), now, 0) for k, v in result.best_metrics.items()
+        best = [Metric(f"{BEST_PREFIX}{k}", float(v), now, 0)
+                for k, v in result.best_metrics.items()
                 if isinstance(v, int | float) and not isinstance(v, bool) and k != "epoch"]
-        best.append(Metric("best_epoch", float(result.best_epoch), now, 0))
+        best.append(Metric(f"{BEST_PREFIX}epoch", float(result.best_epoch), now, 0))
         self.tracker.log_batch(self.run_id, metrics=best)
 
         report = result.report
@@ -199,7 +191,8 @@ class TrialRun:
     def end(self, state: str, reason: str | None = None, pruned_at: int | None = None, *,
             quiet: bool = True) -> bool:
         """End the run: COMPLETE -> FINISHED, PRUNED -> KILLED (tag state=PRUNED,
-        pruned_at_epoch), FAIL -> FAILED (tag error = the reason, masked, one line).
+        pruned_at_epoch; the name gets ` [pruned@N]` and the description says so, since the UI
+        shows KILLED and FAILED alike), FAIL -> FAILED (tag error = the reason, masked, one line).
 
         Meant for a `finally:` block: with `quiet` (the default) a store that stays
         unreachable is logged as a warning, not raised, so the trial's own error is what the
@@ -209,12 +202,17 @@ class TrialRun:
             raise TrackingError(f"trial run state {state!r} is not one of {', '.join(RUN_STATUS)}")
         if self.ended:
             return True
+        if self.monitor is not None:
+            stop_system_metrics(self.monitor)
+            self.monitor = None
         tags = [RunTag("state", state)]
         if state == "PRUNED" and pruned_at is not None:
             tags.append(RunTag("pruned_at_epoch", str(pruned_at)))
         if reason:
             tags.append(RunTag("error" if state == "FAIL" else "reason", one_line(reason)))
         try:
+            if state in ("PRUNED", "FAIL"):
+                tags += self._end_name_and_note(state, reason, pruned_at)
             self.tracker.log_batch(self.run_id, tags=tags)
             self.tracker.call("end run", self.tracker.client.set_terminated, self.run_id,
                                RUN_STATUS[state])
@@ -225,3 +223,22 @@ class TrialRun:
             return False
         self.ended = True
         return True
+
+    def _end_name_and_note(self, state: str, reason: str | None, pruned_at: int | None
+                           ) -> list[RunTag]:
+        """The run name and description of a pruned or failed run: `t003 ... [pruned@1]`."""
+        if self.name is None:
+            self.name = self.tracker.call("get run", self.tracker.client.get_run,
+                                          self.run_id).info.run_name
+        if state == "PRUNED":
+            at = f"@{pruned_at}" if pruned_at is not None else ""
+            mark = f" [pruned{at}]"
+            note = (f"Pruned{f' after epoch {pruned_at}' if pruned_at is not None else ''}: "
+                    "the pruner stopped this trial early (its curve fell behind the others). "
+                    "MLflow shows it KILLED; it did not fail.")
+        else:
+            mark = " [failed]"
+            note = f"Failed: {one_line(reason or 'unknown error')}"
+        name = self.name if self.name.endswith(mark) else self.name + mark
+        self.name = name
+        return [RunTag("mlflow.runName", name), RunTag("mlflow.note.content", note)]

@@ -65,8 +65,8 @@ def test_the_trial_value_is_its_best_epoch_by_the_metric(tmp_path, synth_root, t
     assert t.value == max(reported.values())
     assert t.user_attrs["best_epoch"] == best_epoch
     metrics = runs[t.number].data.metrics
-    assert metrics["best_epoch"] == best_epoch
-    assert metrics["best_val_mean_acc"] == pytest.approx(t.value)
+    assert metrics["best/epoch"] == best_epoch
+    assert metrics["best/val_mean_acc"] == pytest.approx(t.value)
 
 
 def test_optimize_names_the_images_it_skipped(tmp_path, synth_root, tracking_uri, caplog):

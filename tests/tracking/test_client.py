@@ -88,7 +88,13 @@ def test_parent_run_belongs_to_one_study_key(tracker):
     assert parent.data.tags["celebhpo.study_key"] == "k1"
     assert parent.data.tags["storage"] == "sqlite:////tmp/a.db"
     assert parent.data.params["data.image_size"] == "32"
-    assert parent.info.status == "FINISHED"  # nothing left RUNNING by `study create`
+    # searched keys: their range or choices, never their base value (it never trained)
+    assert "train.lr" not in parent.data.params and "train.dropout" not in parent.data.params
+    assert json.loads(parent.data.params["space.lr"]) == [1e-3, 1e-2]
+    assert json.loads(parent.data.params["space.dropout"]) == {"low": 0.1, "high": 0.5,
+                                                               "log": False}
+    assert parent.data.params["train.arch"] == "tiny"  # not searched: logged
+    assert parent.info.status == "RUNNING"  # the study has trials to run
     # another study of the same name (a fresh storage, another storage): the same
     # experiment, a parent of its own, named apart
     exp2, parent2 = create_study_run(tracker, "once", CONFIG, study_key="k2")
@@ -131,11 +137,13 @@ def test_trial_lifecycle_metrics_artifacts(tracker, tmp_path):
     assert run.data.tags["device"] == "cpu"
     assert run.data.tags["host"] == socket.gethostname()
     assert run.data.params["train.arch"] == "tiny"
+    assert run.data.metrics["best/epoch"] == 3
+    assert run.data.metrics["best/val_loss"] == pytest.approx(1.1 / 3)
+    assert not [k for k in run.data.metrics if k.startswith("best_")]
     history = client.get_metric_history(done.run_id, "val_loss")
     assert [(m.step, round(m.value, 6)) for m in history] == [
         (1, 1.1), (2, 0.55), (3, round(1.1 / 3, 6))]
     assert len(client.get_metric_history(done.run_id, "images_per_s")) == 3
-    assert run.data.metrics["best_epoch"] == 3
     names = {f.path for f in client.list_artifacts(done.run_id)}
     assert names == {"classification_report.csv", "classification_report.json",
                      "thresholds.json", "curves.png", "config.json", "model.pt"}
@@ -148,6 +156,10 @@ def test_trial_lifecycle_metrics_artifacts(tracker, tmp_path):
     run = client.get_run(pruned.run_id)
     assert run.info.status == "KILLED"
     assert run.data.tags["state"] == "PRUNED" and run.data.tags["pruned_at_epoch"] == "1"
+    # the UI shows KILLED like FAILED: the name and description tell them apart
+    assert run.info.run_name == "t001 tiny lr=0.01 [pruned@1]"
+    assert run.data.tags["mlflow.runName"] == run.info.run_name
+    assert run.data.tags["mlflow.note.content"].startswith("Pruned after epoch 1")
     assert len(client.get_metric_history(pruned.run_id, "val_loss")) == 1
     with pytest.raises(TrackingError, match="no model.pt artifact"):
         download_checkpoint(tracker, pruned.run_id, tmp_path / "dl2")
@@ -158,6 +170,8 @@ def test_trial_lifecycle_metrics_artifacts(tracker, tmp_path):
     error = run.data.tags["error"]
     assert error.startswith("loss is NaN at epoch 1 while talking to")
     assert "hunter2" not in error and "alice:***@" in error and "\n" not in error
+    assert run.info.run_name == "t002 tiny lr=10 [failed]"
+    assert "hunter2" not in run.data.tags["mlflow.note.content"]
 
     assert [r.info.run_id for r in child_runs(tracker, parent)] == [
         done.run_id, pruned.run_id, failed.run_id]
@@ -225,16 +239,18 @@ def test_refresh_parent_logs_summaries(tracker, tmp_path):
         del lr, p
     board = pd.DataFrame({"trial": [0, 1, 2], "value": [0.5, 1.5, 2.5]})
     written = refresh_parent(tracker, parent, study, board)
-    assert {"leaderboard.csv", "f1_by_attribute.png", "optimization_history.html",
-            "param_importances.html", "parallel_coordinate.html",
-            "intermediate_values.html"} <= set(written)
+    pngs = {"optimization_history.png", "param_importances.png", "parallel_coordinate.png",
+            "intermediate_values.png"}
+    assert {"leaderboard.csv", "f1_by_attribute.png", "report.html"} | pngs == set(written)
     client = tracker.client
     top = {f.path for f in client.list_artifacts(parent)}
     assert {"leaderboard.csv", "f1_by_attribute.png", "summary"} <= top
-    assert len(client.list_artifacts(parent, "summary")) == 4
+    assert {Path(f.path).name for f in client.list_artifacts(parent, "summary")} == (
+        pngs | {"report.html"})
     run = client.get_run(parent)
-    assert run.data.metrics["best_trial_number"] == 0
-    assert run.data.metrics["best_value"] == 0.5
+    assert run.data.metrics["best/trial_number"] == 0
+    assert run.data.metrics["best/value"] == 0.5
+    assert run.data.metrics["trials/finished"] == 3
     csv = client.download_artifacts(parent, "leaderboard.csv", str(tmp_path))
     assert pd.read_csv(csv)["value"].tolist() == [0.5, 1.5, 2.5]
 
@@ -250,7 +266,7 @@ def test_refresh_parent_never_fails_on_plots(tracker, caplog):
     written = refresh_parent(tracker, parent, study)
     assert "leaderboard.csv" in written
     assert "f1_by_attribute.png" not in written
-    assert "param_importances.html" not in written
+    assert "param_importances.png" not in written
     assert "skipped f1_by_attribute.png" in caplog.text
     # a study without any finished trial refreshes too
     assert refresh_parent(tracker, parent, optuna.create_study()) == ["leaderboard.csv"]

@@ -47,19 +47,18 @@ def test_a_lost_answer_to_create_run_makes_one_run(tracking_server, monkeypatch,
 def test_a_lost_answer_to_a_registry_create_makes_one_version(
         tracking_server, monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    (tmp_path / "model.pt").write_bytes(b"weights")
     with HttpProxy(tracking_server) as proxy:
         tracker = Tracker(proxy.url, retries=2, backoff=0.05)
         exp, parent = create_study_run(tracker, "lost-version", CONFIG)
         run = start_trial(tracker, exp, parent, 0, {"lr": 0.1}, CONFIG)
 
-        def register(model: str) -> str:
-            return register_model(tracker, model, run.run_id, tmp_path, ["model.pt"],
-                                  tags={"study": "lost-version"})
+        def register(model: str, score: float = 0.5) -> str:
+            return register_model(tracker, model, run.run_id, f"runs:/{run.run_id}/model",
+                                  score=score, split="s", tags={"study": "lost-version"}).version
 
         assert register("lost-version-model") == "1"
         proxy.to_drop.append("/model-versions/create")
-        assert register("lost-version-model") == "2"
+        assert register("lost-version-model", score=0.6) == "2"  # better: takes the alias
         assert proxy.dropped("/model-versions/create") == 1
         versions = tracker.client.search_model_versions("name = 'lost-version-model'")
         assert sorted(v.version for v in versions) == ["1", "2"]

@@ -58,7 +58,8 @@ def _bundle(n_train: int = 64, n_val: int = 24, size: int = 16, seed: int = 0) -
 
 def _cfg(**train) -> StudyConfig:
     base = {"arch": "tiny", "epochs": 2, "batch_size": 16, "eval_batch_size": 10, "lr": 3e-3,
-            "device": "cpu", "num_features": 16, "dropout": 0.0, "seed": 0}
+            "device": "cpu", "num_features": 16, "dropout": 0.0, "seed": 0,
+            "amp": "off"}  # the same trajectories on CPUs with and without native bf16
     base.update(train)
     return StudyConfig.from_dict({"train": base}, source="test")
 
