@@ -36,10 +36,10 @@ class StudySection:
     sampler: Literal["grid", "tpe", "random", "cmaes"] = "tpe"
     seed: int = 0
     pruner: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = "median"
-    n_startup_trials: int = 2  # median/percentile: trials that are never pruned
-    n_warmup_steps: int = 1  # median/percentile: epochs a trial runs before it can be pruned
+    n_startup_trials: int = 2  # median/percentile: trials that must finish before any is pruned
+    n_warmup_steps: int = 1  # median/percentile: first epochs never pruned (1 = judged from epoch 2)
     percentile: float = 25.0  # percentile pruner
-    min_resource: int = 1  # successive_halving/hyperband: epochs before the first rung
+    min_resource: int = 1  # successive_halving/hyperband: epoch of the first rung (1 = after epoch 1)
     reduction_factor: int = 3  # successive_halving/hyperband
     checkpoints: Literal["best", "all"] = "best"  # log every trial's checkpoint, or the best's
     resume: bool = True  # a retried trial resumes from its last epoch (state logged per epoch)

@@ -15,7 +15,7 @@ def test_quick_demo_runs_everything_and_a_second_run_starts_a_fresh_study(tmp_pa
     out = result.output
     for n in range(1, 7):
         assert f"[{n}/6]" in out
-    assert "validation accuracy at 0.5" in out
+    assert "mean accuracy (40 attributes)   tuned    0.5  majority baseline" in out
     assert 'retrieve --where "Eyeglasses and not Male"' in out
     assert "mlflow ui --backend-store-uri sqlite:///" in out and "--host 127.0.0.1" in out
     for name in ("model.pt", "model_card.md", "model_card.json"):

@@ -274,6 +274,7 @@ def test_ui_binds_to_localhost_by_default(tmp_path, monkeypatch):
     started: list[list[str]] = []
     monkeypatch.setattr(subprocess, "call", lambda argv: started.append(argv) or 0)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments()  # a store to open (ui refuses a folder without one)
     from celebhpo.cli import cli
 
     result = CliRunner().invoke(cli, ["ui", "--tracking-uri", uri])

@@ -31,6 +31,7 @@ import optuna
 from mlflow.entities import RunTag
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
+from celebhpo._interrupt import shielded
 from celebhpo.config import StudyConfig
 from celebhpo.data import DataBundle, load_data
 from celebhpo.errors import CheckpointError, TrackingError, TrainingError
@@ -54,8 +55,10 @@ class TrialReporter(Callback):
     """Logs each epoch to the trial's MLflow run (once `run` is set), reports `metric` to
     Optuna and raises TrialPruned when the pruner says so."""
 
-    def __init__(self, trial: optuna.Trial, metric: str, direction: str = "minimize") -> None:
+    def __init__(self, trial: optuna.Trial, metric: str, direction: str = "minimize",
+                 epochs: int | None = None) -> None:
         self.trial = trial
+        self.epochs = epochs  # the last epoch is never pruned: it would save nothing
         self.metric = metric
         self.direction = direction
         self.run: TrialRun | None = None
@@ -78,8 +81,9 @@ class TrialReporter(Callback):
         if self.run is not None:
             self.run.log_epoch(epoch, metrics)
         value = float(metrics[self.metric])
-        self.trial.report(value, epoch)
-        if self.trial.should_prune():
+        with shielded():  # a storage write (celebhpo._interrupt)
+            self.trial.report(value, epoch)
+        if (self.epochs is None or epoch < self.epochs) and self.trial.should_prune():
             self.pruned_at = epoch
             raise optuna.TrialPruned(f"pruned at epoch {epoch}: {self.metric} {value:.4f}")
 

@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 
 from celebhpo.config import Categorical, FloatRange, StudyConfig
-from celebhpo.errors import StudyError
+from celebhpo.errors import ConfigError, StudyError
 
 __all__ = ["QueuedGridSampler", "grid_trials", "make_pruner", "make_sampler", "suggest_params"]
 
@@ -30,16 +30,18 @@ class QueuedGridSampler(optuna.samplers.GridSampler):
         return None
 
 
-def make_sampler(cfg: StudyConfig, *, grid: bool, salt: int | None = None
-                 ) -> optuna.samplers.BaseSampler:
+def make_sampler(cfg: StudyConfig, *, grid: bool, salt: int | None = None,
+                 shared: bool = False) -> optuna.samplers.BaseSampler:
     """The study's sampler. Grid: GridSampler(cfg.grid(), seed) — every worker builds the same
     one. Others are seeded with `[study] seed`, mixed with `salt` (the worker's pid on shared
-    storages) so that concurrent workers do not propose the same random trials."""
+    storages) so that concurrent workers do not propose the same random trials. `shared`
+    (a worker: it cannot know how many peers run) turns on TPE's constant liar, so that
+    trials still running count as bad guesses instead of being proposed again."""
     seed = cfg.study.seed if salt is None else (cfg.study.seed * 1_000_003 + salt) % 2**32
     if grid or cfg.study.sampler == "grid":
         return QueuedGridSampler(cfg.grid(), seed=cfg.study.seed)
     if cfg.study.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=shared)
     if cfg.study.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     try:
@@ -51,14 +53,31 @@ def make_sampler(cfg: StudyConfig, *, grid: bool, salt: int | None = None
 
 
 def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
-    """The `[study] pruner`; steps are epochs, counted from 1."""
+    """The `[study] pruner`. Steps are epochs, counted from 1 as the user reads them:
+    median/percentile `n_warmup_steps = k` means epochs 1..k are never pruned (Optuna skips
+    pruning while `step < n_warmup_steps`, hence k + 1), and `n_startup_trials` trials must
+    COMPLETE before any is pruned; successive halving/hyperband judge their first rung at
+    epoch `min_resource` (1 = after the first epoch), the next at `min_resource *
+    reduction_factor`, and so on."""
     s = cfg.study
+    if s.n_warmup_steps < 0:
+        raise ConfigError(f"{cfg.source}: [study] n_warmup_steps = {s.n_warmup_steps} must be "
+                          ">= 0 (the number of first epochs that are never pruned)")
+    try:
+        return _pruner(cfg)
+    except ValueError as e:  # Optuna's own range checks (n_startup_trials < 0, ...)
+        raise ConfigError(f"{cfg.source}: [study] pruner = {s.pruner!r}: {e}") from None
+
+
+def _pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
+    s = cfg.study
+    warmup = s.n_warmup_steps + 1  # epochs 1..n_warmup_steps are never pruned
     if s.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=s.n_startup_trials,
-                                           n_warmup_steps=s.n_warmup_steps)
+                                           n_warmup_steps=warmup)
     if s.pruner == "percentile":
         return optuna.pruners.PercentilePruner(s.percentile, n_startup_trials=s.n_startup_trials,
-                                               n_warmup_steps=s.n_warmup_steps)
+                                               n_warmup_steps=warmup)
     if s.pruner == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=s.min_resource,
                                                       reduction_factor=s.reduction_factor)

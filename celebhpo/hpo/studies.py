@@ -80,6 +80,7 @@ def create_study(
         stored.grid()  # a range in [space] is a ConfigError naming the key
     else:
         make_sampler(stored, grid=False)  # e.g. cmaes without its package
+    make_pruner(stored)  # bad pruner settings fail here, not in the first worker
     config = json.loads(json.dumps(stored.to_dict()))
     uri = resolve_tracking_uri(tracking_uri)
     backend = open_storage(storage)
@@ -235,9 +236,9 @@ def open_study(name: str | None, storage: str, *, worker: bool = False
         backend = open_storage(storage, heartbeat_interval=cfg.study.heartbeat_interval,
                                grace_period=cfg.study.grace_period)
     grid = bool(attrs.get("grid"))
-    salt = os.getpid() if worker and spec.multiprocess else None
+    salt = os.getpid() if worker else None  # SQLite takes several workers too
     study = optuna.load_study(study_name=name, storage=backend,
-                              sampler=make_sampler(cfg, grid=grid, salt=salt),
+                              sampler=make_sampler(cfg, grid=grid, salt=salt, shared=worker),
                               pruner=make_pruner(cfg))
     return study, cfg, attrs
 

@@ -26,6 +26,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from celebhpo._interrupt import shielded
 from celebhpo.config import StudyConfig
 from celebhpo.errors import (
     CheckpointError,
@@ -122,7 +123,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> int | None:
             tcfg.train.device = ctx.device
         trial.set_user_attr("device", tcfg.train.device)
         reporter = TrialReporter(trial, ctx.cfg.study.metric,
-                                 ctx.cfg.study.resolved_direction())
+                                 ctx.cfg.study.resolved_direction(), epochs=tcfg.train.epochs)
 
         def objective(run: TrialRun) -> tuple[float, dict[str, Any]]:
             return train(tcfg, _OwnedRun(run, ctx, trial), reporter, ctx.data_cache,
@@ -186,12 +187,13 @@ def _tell(study: optuna.Study, trial: optuna.Trial, out: _Outcome, summary: dict
     if out.state == TrialState.FAIL:
         summary["fail_reason"] = mask_url(out.reason)
     try:
-        for key, val in summary.items():
-            trial.set_user_attr(key, val)
-        if out.state == TrialState.COMPLETE:
-            study.tell(trial, out.value)
-        else:
-            study.tell(trial, state=out.state)
+        with shielded():  # an interrupt waits until Optuna has been told (celebhpo._interrupt)
+            for key, val in summary.items():
+                trial.set_user_attr(key, val)
+            if out.state == TrialState.COMPLETE:
+                study.tell(trial, out.value)
+            else:
+                study.tell(trial, state=out.state)
     except (UpdateFinishedTrialError, ValueError):  # ValueError: "Cannot tell a FAIL trial"
         if not trial_taken_over(study, trial):
             raise

@@ -38,6 +38,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from celebhpo._interrupt import hold_or_raise, shielded
 from celebhpo.errors import StudyError, TrackingError
 from celebhpo.hpo.launch import WORKER_ENV
 from celebhpo.hpo.liveness import (
@@ -139,7 +140,7 @@ def _interrupts(stop: threading.Event) -> Iterator[None]:
             os.kill(os.getpid(), signum)
             return
         stop.set()
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+        hold_or_raise(f"signal {signal.Signals(signum).name}")  # see celebhpo._interrupt
 
     previous = {s: signal.signal(s, raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -178,9 +179,10 @@ def _run(ctx: TrialContext, spec: StorageSpec, n_trials: int | None, timeout: fl
                 time.sleep(poll)
                 continue
             waiting_note = ""
-            trial = claim_waiting_trial(ctx.study)
-            if trial is None and not grid:
-                trial = claim_new_trial(ctx.study)
+            with shielded():  # a claim is a transaction (celebhpo._interrupt)
+                trial = claim_waiting_trial(ctx.study)
+                if trial is None and not grid:
+                    trial = claim_new_trial(ctx.study)
             if trial is None:
                 continue  # another worker took the last queued point (or our slot): look again
             number = run_trial(ctx, trial)

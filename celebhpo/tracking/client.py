@@ -26,6 +26,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 
+from celebhpo._interrupt import shielded
 from celebhpo.errors import TrackingAuthError, TrackingError, mask_url
 from celebhpo.tracking.uris import (
     DEFAULT_TRACKING_URI,
@@ -103,7 +104,8 @@ class Tracker:
         delay = self.backoff
         for attempt in range(self.retries + 1):
             try:
-                return fn(*args, **kwargs)
+                with shielded():  # an interrupt waits for the write to end (celebhpo._interrupt)
+                    return fn(*args, **kwargs)
             except TrackingError:
                 raise
             except MlflowException as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,14 +59,22 @@ def global_uris(uri: str) -> Iterator[None]:
     go through MLflow's global tracking/registry URIs: `uri` for this block."""
     import mlflow
 
-    old, old_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    # set_*_uri also write MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI: put back exactly what was
+    # there (pinning get_tracking_uri()'s answer instead would outlive a later change of them)
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {k: os.environ.get(k) for k in keys}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(old)
-        mlflow.set_registry_uri(old_registry)
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def register_model(tracker: Tracker, name: str, run_id: str, model_uri: str, *,

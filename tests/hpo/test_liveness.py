@@ -32,6 +32,7 @@ from celebhpo.hpo.liveness import claim_waiting_trial
 from celebhpo.hpo.storage import open_storage
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 study = optuna.load_study(study_name="race", storage=open_storage(sys.argv[1]))
+open(sys.argv[2] + f".ready-{os.getpid()}", "w").close()
 while not os.path.exists(sys.argv[2]):
     time.sleep(0.001)
 won = []
@@ -63,7 +64,9 @@ def test_three_processes_claim_each_queued_trial_once_with_its_owner(storage_url
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(3)]
     # every process has imported celebhpo and loaded the study before the start signal
-    time.sleep(8)
+    deadline = time.monotonic() + 240
+    while len(list(tmp_path.glob("go.ready-*"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
     go.touch()
     outputs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]

@@ -70,7 +70,8 @@ def test_devices_share_a_grid_on_a_journal_file(tmp_path, synth_root, tracking_u
     create_study(cfg, storage=storage, grid=True, tracking_uri=tracking_uri)
     log = tmp_path / "devices.log"
     # --devices 0,1: two worker processes; on this CPU machine they see no CUDA device
-    proc = start(["optimize", "--storage", storage, "--devices", "0,1"], tmp_path, log)
+    proc = start(["optimize", "--storage", storage, "--devices", "0,1", "--device", "cpu"],
+                 tmp_path, log)  # "GPUs" on a CPU machine: --device cpu (default cuda)
     assert proc.wait(timeout=600) == 0, logs(log)
     text = log.read_text()
     assert "worker gpu0: pid" in text and "worker gpu1: pid" in text

@@ -60,7 +60,8 @@ def test_devices_kill9_of_one_worker_does_not_hang_the_other(tmp_path, synth_roo
                                       space=GRID4, epochs=3))
     create_study(cfg, storage=storage, grid=True, tracking_uri=tracking_uri)
     log = tmp_path / "devices.log"
-    launcher = start(["optimize", "--storage", storage, "--devices", "0,1"], tmp_path, log)
+    launcher = start(["optimize", "--storage", storage, "--devices", "0,1", "--device", "cpu"],
+                     tmp_path, log)
     try:
         def last_workers_trial():
             pids = [int(p) for p in re.findall(r"worker gpu1: pid (\d+)", log.read_text())]
