@@ -27,7 +27,8 @@ def test_quick_demo_runs_everything_and_a_second_run_starts_a_fresh_study(tmp_pa
     assert "registered celebhpo-demo version 1 (alias best)" in out
     # the last lines land on the study's runs table, not MLflow's GenAI overview
     experiment = study.user_attrs["experiment_id"]
-    assert out.rstrip().splitlines()[-2].endswith(
+    lines = out.rstrip().splitlines()
+    assert lines[-1].startswith("done in") and lines[-3].endswith(
         f"then open http://127.0.0.1:5000/#/experiments/{experiment}/runs"
         "?workflowType=machine_learning")
     assert all(t.state.is_finished() for t in study.trials)
