@@ -99,16 +99,19 @@ def optuna_png(study: optuna.Study, kind: str, path: str | Path) -> Path:
         matplotlib.use("Agg")  # a worker has no display
     import matplotlib.pyplot as plt
 
+    # Optuna's experimental notes and matplotlib's cosmetic ones (a flat curve's "identical
+    # low and high ylims") would print on every worker after every trial
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore")
         drawn = getattr(optuna.visualization.matplotlib, f"plot_{kind}")(study)
-    axes = np.ravel(drawn) if isinstance(drawn, np.ndarray) else [drawn]
-    fig = axes[0].figure
-    try:
-        fig.set_size_inches(max(fig.get_size_inches()[0], 8), max(fig.get_size_inches()[1], 5))
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+        axes = np.ravel(drawn) if isinstance(drawn, np.ndarray) else [drawn]
+        fig = axes[0].figure
+        try:
+            fig.set_size_inches(max(fig.get_size_inches()[0], 8),
+                                max(fig.get_size_inches()[1], 5))
+            fig.savefig(path, dpi=100, bbox_inches="tight")
+        finally:
+            plt.close(fig)
     return Path(path)
 
 
