@@ -22,6 +22,7 @@ import pytest
 from mlflow import MlflowClient
 
 from celebhpo.config import load_study_file
+from celebhpo.errors import StudyError
 from celebhpo.hpo import create_study, load_study, optimize
 from tests.helpers import assert_grid_done_once, logs, mlflow_runs, start, write_study
 from tests.hpo.test_worker import _storage, running_trial, wait_for
@@ -167,7 +168,10 @@ def test_a_worker_whose_trial_was_taken_over_drops_it_and_goes_on(
         b = start(args, tmp_path, paths[1])
 
         def taken_over():
-            study = optuna.load_study(study_name="pgstop", storage=_storage(pg_url))
+            try:  # the stopped worker may hold a row lock the storage's own setup commit meets
+                study = optuna.load_study(study_name="pgstop", storage=_storage(pg_url))
+            except StudyError:
+                return False  # look again at the next poll
             runs = mlflow_runs(tracking_server, "pgstop")
             return (study.trials[victim.number].state == TS.FAIL
                     and runs[victim.number].info.status == "FAILED")
