@@ -38,10 +38,10 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _study(tmp_path, synth_root, tracking_uri, name, extra=""):
+def _study(tmp_path, synth_root, tracking_uri, name, extra="", epochs=EPOCHS):
     storage = f"sqlite:///{tmp_path / f'{name}.db'}"
     path = write_study(tmp_path / f"{name}.toml", synth_root, name=name, space=SPACE,
-                       epochs=EPOCHS, study_extra=extra, train_size=240)
+                       epochs=epochs, study_extra=extra, train_size=240)
     # 32 px: epochs long enough (about half a second here) to kill the worker between two
     path.write_text(path.read_text().replace("image_size = 16", "image_size = 32"))
     create_study(load_study_file(path), storage=storage, grid=True, tracking_uri=tracking_uri)
@@ -140,7 +140,9 @@ def test_a_killed_trial_resumes_after_its_last_epoch(tmp_path, synth_root, track
 
 def test_resume_off_keeps_no_state_and_a_retry_starts_over(tmp_path, synth_root, tracking_uri,
                                                             one_thread):
-    storage = _study(tmp_path, synth_root, tracking_uri, "noresume", extra="resume = false")
+    # 8 epochs: under load the trial must not finish between the poll and the kill
+    storage = _study(tmp_path, synth_root, tracking_uri, "noresume", extra="resume = false",
+                     epochs=8)
     log = tmp_path / "noresume.log"
     proc = start(["optimize", "--storage", storage], tmp_path, log)
     client = MlflowClient(tracking_uri)

@@ -7,6 +7,7 @@ PostgreSQL: 127.0.0.1:5432, user postgres, trust auth; each test makes a throw-a
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -56,7 +57,10 @@ def running_trial(storage: str, name: str) -> Callable[[], optuna.trial.FrozenTr
     return check
 
 
+@functools.cache
 def _storage(storage: str):
+    """One storage per URL for a test's polls: a new one per poll leaks PostgreSQL
+    connections ("too many clients") and meets locks in its setup commit."""
     from celebhpo.hpo.storage import open_storage
 
     return open_storage(storage)
