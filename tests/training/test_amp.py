@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from celebhpo.config import StudyConfig
-from celebhpo.data import ATTRIBUTES, BatchLoader, DataBundle, SplitData
+from celebhpo.data import BatchLoader, DataBundle
 from celebhpo.errors import ConfigError
 from celebhpo.training.amp import amp_mode, cpu_has_native_bf16, resolve_amp
 from celebhpo.training.checkpoint import load_checkpoint, model_from_checkpoint
 from celebhpo.training.loop import Callback, evaluate, fit
 from celebhpo.training.metrics import tune_thresholds
+from tests.training.test_loop import _bundle as loop_bundle
 
 CPU = torch.device("cpu")
 
@@ -54,17 +55,8 @@ def test_resolve_amp_on_cpu_follows_native_bf16_and_the_setting():
         resolve_amp("bf16", mps)
 
 
-def _bundle(n_train: int = 96, n_val: int = 48, size: int = 16) -> DataBundle:
-    rng = np.random.default_rng(1)
-
-    def split(name: str, n: int) -> SplitData:
-        images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-        labels = (rng.random((n, 40)) < 0.3).astype(np.float32)
-        labels[:, 0] = images[:, : size // 2, : size // 2].mean((1, 2, 3)) > 127.5
-        return SplitData(name, images, labels, [f"{name}{i:04d}.jpg" for i in range(n)])
-
-    return DataBundle(list(ATTRIBUTES), {"train": split("train", n_train),
-                                         "val": split("val", n_val)}, root=Path("memory"))
+def _bundle() -> DataBundle:
+    return loop_bundle(n_train=96, n_val=48, seed=1)  # test_loop's learnable random faces
 
 
 def _cfg(amp: str) -> StudyConfig:
