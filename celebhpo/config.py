@@ -2,7 +2,9 @@
 
 A study file has four sections. `[study]`, `[data]` and `[train]` map one-to-one onto the
 dataclasses below; `[space]` holds the searched parameters, each a `[train]` key:
-a list is categorical, `{low, high, log}` a float range, `{low, high, step}` an int range.
+a list is categorical, `{low, high, log}` a float range, `{low, high, step}` an int range;
+`data.image_size` and `data.crop` may be searched too. `[study] metric` may list 2-3 metrics
+(a multi-objective study) and `[study] constraints` bound a trial (celebhpo.objectives).
 
 Every error names the file and the key, and suggests the nearest valid name.
 """
@@ -13,14 +15,18 @@ import copy
 import dataclasses
 import math
 import tomllib
-import types
-import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from celebhpo.errors import ConfigError, did_you_mean
+from celebhpo._typed import build as _build
+from celebhpo._typed import check_keys as _check_keys
+from celebhpo._typed import coerce as _coerce
+from celebhpo._typed import field_types as _field_types
+from celebhpo._typed import suggest as _suggest
+from celebhpo.errors import ConfigError
+from celebhpo.objectives import METRICS, check_study
 
 __all__ = ["Categorical", "DataConfig", "FloatRange", "IntRange", "StudyConfig", "StudySection",
            "TrainConfig", "load_study_file", "parse_overrides"]
@@ -28,12 +34,16 @@ __all__ = ["Categorical", "DataConfig", "FloatRange", "IntRange", "StudyConfig",
 
 @dataclass
 class StudySection:
-    """`[study]`: how Optuna searches and prunes."""
+    """`[study]`: what a study optimizes, how Optuna searches and prunes (objectives.py)."""
 
     name: str = "study"
-    metric: Literal["val_loss", "val_mean_acc", "val_map", "val_balanced_acc"] = "val_loss"
-    direction: Literal["auto", "minimize", "maximize"] = "auto"
-    sampler: Literal["grid", "tpe", "random", "cmaes"] = "tpe"
+    # one epoch metric (objectives.EPOCH_METRICS), or a list of 2-3 metrics (a multi-objective
+    # study; latency_ms / params_m allowed there): stored split into `metric` (the first epoch
+    # metric: best epoch, early stopping) and `objectives` (the list)
+    metric: Any = "val_loss"
+    objectives: list[str] = field(default_factory=list)  # [] = just `metric`
+    direction: Literal["auto", "minimize", "maximize"] = "auto"  # of `metric`; a list: auto
+    sampler: Literal["grid", "tpe", "random", "cmaes", "nsga2"] = "tpe"
     seed: int = 0
     pruner: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = "median"
     n_startup_trials: int = 2  # median/percentile: trials that must finish before any is pruned
@@ -46,10 +56,29 @@ class StudySection:
     system_metrics: bool = False  # MLflow system metrics (CPU, memory, GPU) on trial runs
     heartbeat_interval: int = 30  # seconds; RDB storages other than SQLite
     grace_period: int = 120  # seconds without heartbeat before a trial counts as dead
+    slices: list[str] = field(default_factory=lambda: ["Male", "Young"])  # [] = off
+    # any of max_params_m, max_latency_ms, min_worst_group_acc (objectives.CONSTRAINTS)
+    constraints: dict[str, float] = field(default_factory=dict)
 
     def resolved_direction(self) -> str:
-        auto = "minimize" if self.metric == "val_loss" else "maximize"
-        return auto if self.direction == "auto" else self.direction
+        """The direction of `metric` (the epoch metric)."""
+        return METRICS[self.metric] if self.direction == "auto" else self.direction
+
+    def objective_names(self) -> list[str]:
+        return list(self.objectives) or [self.metric]
+
+    def objective_directions(self) -> list[str]:
+        if not self.objectives:
+            return [self.resolved_direction()]
+        return [METRICS[m] for m in self.objectives]
+
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def normalize(self, source: str) -> None:
+        """Split a list `metric` into `objectives` and its first epoch metric; check them
+        and the constraints (objectives.check_study)."""
+        check_study(self, f"{source}: [study]")
 
 
 @dataclass
@@ -164,9 +193,9 @@ class StudyConfig:
         """The configuration of one trial: `[train]` with the sampled `params` applied."""
         new = copy.deepcopy(self)
         for key, value in params.items():
-            if key not in _field_types(TrainConfig):
-                raise ConfigError(f"{self.source}: [space] key '{key}' is not a [train] key")
-            setattr(new.train, key, _coerce(TrainConfig, key, value, self.source, "space"))
+            cls, name = _space_target(key, self.source)
+            target = new.data if cls is DataConfig else new.train
+            setattr(target, name, _coerce(cls, name, value, self.source, "space"))
         new.validate()
         return new
 
@@ -176,8 +205,8 @@ class StudyConfig:
         for section, key, value in parse_overrides(overrides):
             target = getattr(new, section)
             setattr(target, key, _coerce(type(target), key, value, "--set", section))
-            if section == "train":
-                new.space.pop(key, None)  # a fixed value beats a searched one
+            # a fixed value beats a searched one
+            new.space.pop(key if section == "train" else f"{section}.{key}", None)
         new.validate()
         return new
 
@@ -218,10 +247,12 @@ class StudyConfig:
         """Every value of [train], [data] and every value and range end of [space] against the
         same rules, so a searched value is refused at `study create` like a fixed one."""
         src = self.source
+        self.study.normalize(src)
         for key, dim in self.space.items():
+            cls, name = _space_target(key, src)
+            section = "data" if cls is DataConfig else "train"
             for v in dim.choices if isinstance(dim, Categorical) else [dim.low, dim.high]:
-                _check_value("train", key, _coerce(TrainConfig, key, v, src, "space"), src,
-                             "space")
+                _check_value(section, name, _coerce(cls, name, v, src, "space"), src, "space")
                 if key == "arch":
                     _check_arch(v, src, "space.arch")
         _check_arch(self.train.arch, src, "train.arch")
@@ -305,104 +336,42 @@ def parse_overrides(items: list[str]) -> list[tuple[str, str, Any]]:
     return out
 
 
-# ---------------------------------------------------------------------------------------
-# Names people reach for that difflib cannot guess.
-_ALIASES = {"learning_rate": "lr", "model": "arch", "architecture": "arch", "backbone": "arch",
-            "features": "num_features", "batch": "batch_size", "p": "dropout"}
+# [data] keys a study may search (`[space] data.image_size = [32, 64]`): each value gets its
+# own decode cache
+SPACE_DATA_KEYS = ("image_size", "crop")
 
 
-def _suggest(name: Any, valid: Iterable[Any]) -> str:
-    valid = [str(v) for v in valid]
-    alias = _ALIASES.get(str(name))
-    close = [alias] if alias in valid else did_you_mean(name, valid)
-    return f"; did you mean '{close[0]}'?" if close else ""
-
-
-def _check_keys(raw: dict, valid: list[str], source: str, what: str) -> None:
-    for key in raw:
-        if key not in valid:
-            raise ConfigError(
-                f"{source}: unknown {what} {key!r}{_suggest(key, valid)} "
-                f"(valid: {', '.join(valid)})"
-            )
-
-
-def _field_types(cls) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _build(cls, raw: Any, source: str, section: str):
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: [{section}] must be a table, got {type(raw).__name__}")
-    _check_keys(raw, list(_field_types(cls)), source, f"[{section}] key")
-    return cls(**{k: _coerce(cls, k, v, source, section) for k, v in raw.items()})
-
-
-# values a key used to take, read as their new spelling
-_OLD_VALUES: dict[tuple[str, str], dict] = {("TrainConfig", "amp"): {True: "auto", False: "off"}}
-
-
-def _coerce(cls, key: str, value: Any, source: str, section: str) -> Any:
-    """Check `value` against the annotated type of `cls.key`; ints are accepted as floats."""
-    hint = _field_types(cls)[key]
-    where = f"{source}: [{section}] {key}"
-    origin = typing.get_origin(hint)
-    if isinstance(value, bool | str) and value in _OLD_VALUES.get((cls.__name__, key), {}):
-        value = _OLD_VALUES[cls.__name__, key][value]  # what stored configs and checkpoints say
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            raise ConfigError(
-                f"{where} = {value!r} is not one of {', '.join(map(repr, choices))}"
-                f"{_suggest(value, choices)}"
-            )
-        return value
-    if origin is list:
-        if not isinstance(value, list) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in value
-        ):
-            raise ConfigError(f"{where} must be a list of numbers, got {value!r}")
-        return [float(v) for v in value]
-    if origin in (types.UnionType, typing.Union):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be a whole number, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{where} must be finite, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {value!r}")
-        return value
-    raise ConfigError(f"{where}: unsupported type {hint}")  # pragma: no cover
+def _space_target(key: str, source: str) -> tuple[type, str]:
+    """(the config class, its field) that `[space] key` sets: `data.image_size` -> DataConfig."""
+    section, _, name = key.rpartition(".")
+    if section == "data" and name in SPACE_DATA_KEYS:
+        return DataConfig, name
+    if not section and name in _field_types(TrainConfig):
+        return TrainConfig, name
+    raise ConfigError(f"{source}: [space] key '{key}' is not a [train] key or one of "
+                      f"{', '.join(f'data.{k}' for k in SPACE_DATA_KEYS)}")
 
 
 def _build_space(raw: Any, source: str) -> dict[str, Dimension]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: [space] must be a table, got {type(raw).__name__}")
-    train_types = _field_types(TrainConfig)
-    _check_keys(raw, list(train_types), source, "[space] key (a [train] key)")
+    if isinstance(raw.get("data"), dict):  # TOML reads `data.image_size = [...]` as a table
+        raw = {**{k: v for k, v in raw.items() if k != "data"},
+               **{f"data.{k}": v for k, v in raw["data"].items()}}
+    valid = [*_field_types(TrainConfig), *(f"data.{k}" for k in SPACE_DATA_KEYS)]
+    _check_keys(raw, valid, source, "[space] key (a [train] key or data.image_size/data.crop)")
     space: dict[str, Dimension] = {}
     for key, spec in raw.items():
+        cls, name = _space_target(key, source)
         where = f"{source}: [space] {key}"
         if isinstance(spec, list):
             if not spec:
                 raise ConfigError(f"{where} is an empty list; give at least one value")
             if len({repr(v) for v in spec}) != len(spec):
                 raise ConfigError(f"{where} lists a value twice: {spec!r}")
-            space[key] = Categorical([_coerce(TrainConfig, key, v, source, "space") for v in spec])
+            space[key] = Categorical([_coerce(cls, name, v, source, "space") for v in spec])
         elif isinstance(spec, dict):
-            space[key] = _build_range(key, spec, train_types[key], where)
+            space[key] = _build_range(key, spec, _field_types(cls)[name], where)
         else:
             raise ConfigError(
                 f"{where} must be a list (categorical) or {{low, high}} (range), got {spec!r}"

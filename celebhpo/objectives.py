@@ -1,0 +1,118 @@
+"""What a study can ask of a trial: the metrics it is judged by, each with its direction,
+and the constraints it must meet (`[study] metric` and `[study] constraints`).
+
+- Epoch metrics are measured on validation after every epoch; the first one a study names
+  picks the best epoch, early-stops and prunes.
+- Trial metrics are measured once, on the finished model: `latency_ms` (ms per image at
+  batch 1, on the trial's device) and `params_m` (parameters in millions).
+- A constraint is met when its value `violation` is <= 0 (Optuna's `constraints_func`
+  convention); a value the trial never measured counts as not met.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from celebhpo._typed import suggest
+from celebhpo.errors import ConfigError
+
+__all__ = ["CONSTRAINTS", "EPOCH_METRICS", "METRICS", "TRIAL_METRICS", "check_study", "describe",
+           "direction_of", "feasible", "violations"]
+
+EPOCH_METRICS = {"val_loss": "minimize", "val_mean_acc": "maximize", "val_map": "maximize",
+                 "val_balanced_acc": "maximize", "val_mean_acc_reliable": "maximize",
+                 "val_worst_group_acc": "maximize"}
+TRIAL_METRICS = {"latency_ms": "minimize", "params_m": "minimize"}
+METRICS = {**EPOCH_METRICS, **TRIAL_METRICS}
+# constraint key -> (the trial value it bounds, "max" = at most / "min" = at least)
+CONSTRAINTS = {"max_params_m": ("params_m", "max"), "max_latency_ms": ("latency_ms", "max"),
+               "min_worst_group_acc": ("val_worst_group_acc", "min")}
+
+
+def direction_of(metric: str) -> str:
+    return METRICS[metric]
+
+
+def violations(values: dict[str, Any], constraints: dict[str, float]) -> dict[str, float]:
+    """{constraint key: how far past its bound the trial is} (<= 0: met; 1.0 when the trial
+    has no finite value for it)."""
+    out = {}
+    for key, bound in constraints.items():
+        name, kind = CONSTRAINTS[key]
+        value = values.get(name)
+        if value is None or not math.isfinite(float(value)):
+            out[key] = 1.0
+        else:
+            out[key] = float(value) - bound if kind == "max" else bound - float(value)
+    return out
+
+
+def feasible(values: dict[str, Any], constraints: dict[str, float]) -> bool:
+    return all(v <= 0 for v in violations(values, constraints).values())
+
+
+def describe(constraints: dict[str, float]) -> str:
+    """`max_params_m = 30, max_latency_ms = 4`"""
+    return ", ".join(f"{k} = {v:g}" for k, v in constraints.items())
+
+
+def check_study(study: Any, where: str) -> None:
+    """Normalize and check `[study]`'s metric(s), constraints and slices in place (`study` is
+    a config.StudySection): a list `metric` becomes `objectives` plus its first epoch metric.
+    ConfigError, one line naming the key, when the combination cannot work."""
+    if isinstance(study.metric, list):
+        study.objectives, study.metric = list(study.metric), None
+    if len(study.objectives) == 1:
+        study.metric, study.objectives = study.objectives[0], []
+    valid = METRICS if study.objectives else EPOCH_METRICS
+    for m in study.objectives or [study.metric]:
+        if not isinstance(m, str) or m not in valid:
+            raise ConfigError(f"{where} metric = {m!r} is not one of "
+                              f"{', '.join(map(repr, valid))}{suggest(m, valid)}")
+    if study.objectives:
+        _check_objectives(study, where)
+    _check_constraints(study, where)
+
+
+def _check_objectives(study: Any, where: str) -> None:
+    objs = study.objectives
+    if len(objs) > 3 or len(set(objs)) != len(objs):
+        raise ConfigError(f"{where} metric = {objs} must name 2 or 3 different metrics")
+    epoch = [m for m in objs if m in EPOCH_METRICS]
+    if not epoch:
+        raise ConfigError(f"{where} metric = {objs} needs at least one validation metric "
+                          f"({', '.join(EPOCH_METRICS)}) to pick each trial's best epoch")
+    study.metric = epoch[0]
+    if study.direction != "auto":
+        raise ConfigError(f"{where} direction = {study.direction!r}: a study of several metrics "
+                          "takes each metric's own direction; remove direction")
+    if study.pruner != "none":
+        raise ConfigError(f"{where} pruner = {study.pruner!r} cannot prune a study of "
+                          f"{len(objs)} metrics (Optuna's pruners are single-objective); "
+                          'set pruner = "none"')
+    if study.sampler == "cmaes":
+        raise ConfigError(f"{where} sampler = 'cmaes' is single-objective; use 'tpe' or "
+                          "'nsga2' for a study of several metrics")
+
+
+def _check_constraints(study: Any, where: str) -> None:
+    for key, value in study.constraints.items():
+        if key not in CONSTRAINTS:
+            raise ConfigError(f"{where} constraints: unknown constraint {key!r}"
+                              f"{suggest(key, CONSTRAINTS)} (valid: {', '.join(CONSTRAINTS)})")
+        if value <= 0 or (key == "min_worst_group_acc" and value > 1):
+            rule = "in (0, 1]" if key == "min_worst_group_acc" else "> 0"
+            raise ConfigError(f"{where} constraints.{key} = {value:g} must be {rule}")
+    if study.constraints and study.sampler in ("random", "cmaes"):
+        raise ConfigError(f"{where} sampler = {study.sampler!r} cannot use constraints "
+                          f"({describe(study.constraints)}); use 'tpe' or 'nsga2', or 'grid' "
+                          "(every point runs; the constraints decide what is exported)")
+    wants = "val_worst_group_acc" in [*study.objectives, study.metric] or (
+        "min_worst_group_acc" in study.constraints)
+    if wants and not study.slices:
+        raise ConfigError(f"{where} slices = [] but the worst-group accuracy is asked for "
+                          '(metric or constraints); set slices, e.g. ["Male", "Young"]')
+    if len(study.slices) > 4 or len(set(study.slices)) != len(study.slices):
+        raise ConfigError(f"{where} slices = {study.slices} must name at most 4 different "
+                          "attributes (2^4 groups)")
