@@ -7,79 +7,26 @@ body: all of celebhpo (torch, mlflow, optuna) imports in 4.7 s, `celebhpo --help
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import click
 
 from celebhpo import __version__
+from celebhpo.cli_options import (
+    CONTEXT,
+    backend_option,
+    device_option,
+    storage_option,
+    study_option,
+    threshold_option,
+    tracking_option,
+)
+from celebhpo.cli_options import Group as _Group
 from celebhpo.config import load_study_file
-from celebhpo.errors import CelebhpoError, mask_url
-
-
-class _Group(click.Group):
-    """Turns our typed errors, OSErrors and warnings into one clean line each, wherever in the
-    command tree they rise."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            with warnings.catch_warnings():
-                warnings.showwarning = lambda msg, *_, **__: click.echo(f"warning: {msg}", err=True)
-                return super().invoke(ctx)
-        except CelebhpoError as e:
-            raise click.ClickException(mask_url(str(e))) from None
-        except OSError as e:
-            if e.errno == errno.EPIPE:  # `celebhpo ... | head`: click's own handling
-                raise
-            from celebhpo._io import describe_os_error
-
-            raise click.ClickException(mask_url(describe_os_error(e))) from None
-
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def storage_option(f):
-    return click.option("--storage", envvar="CELEBHPO_STORAGE", default=None, metavar="URL",
-                        help="Optuna storage: sqlite:///studies/celebhpo.db (default, one "
-                        "process), a journal file path ending in .log (several processes, one "
-                        "machine) or postgresql+psycopg2://user:pass@host/db (many machines). "
-                        "Env: CELEBHPO_STORAGE.")(f)
-
-
-def tracking_option(f):
-    return click.option("--tracking-uri", default=None, metavar="URI", help="MLflow tracking "
-                        "URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db with "
-                        "artifacts in mlruns/artifacts).")(f)
-
-
-def device_option(f):
-    return click.option("--device", default=None, metavar="DEVICE", help="auto (cuda > mps > "
-                        "cpu), cpu, cuda, cuda:1 or mps; overrides [train] device.")(f)
-
-
-def study_option(f):
-    return click.option("--study", "study_name", default=None, metavar="NAME", help="Study name;"
-                        " may be omitted when the storage holds exactly one study.")(f)
-
-
-def backend_option(f):
-    return click.option("--backend", type=click.Choice(["torch", "torchscript", "onnx"]),
-                        default="torch", show_default=True, help="Run model.pt (torch), "
-                        "model.ts or model.onnx of an exported folder.")(f)
-
-
-def threshold_option(f):
-    return click.option("--threshold", default="tuned", show_default=True,
-                        metavar="tuned|0.5|FLOAT", help="When an attribute counts as present "
-                        "(probability > threshold): tuned (per attribute, tuned on validation "
-                        "and stored in the checkpoint), 0.5, or any number in (0, 1) for every "
-                        "attribute.")(f)
 
 
 def _resolve_storage(storage: str | None) -> str:
@@ -231,17 +178,22 @@ def study_list(storage: str | None) -> None:
 @click.argument("name", required=False)
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True)
+@click.option("--pareto", is_flag=True, help="Only the Pareto front of a study of several "
+              "metrics: the trials no other (feasible) trial beats on every metric.")
 @storage_option
-def study_show(name: str | None, fmt: str, storage: str | None) -> None:
-    """Leaderboard of a study: trial, state, params, val_loss, accuracy, epochs, duration.
+def study_show(name: str | None, fmt: str, pareto: bool, storage: str | None) -> None:
+    """Leaderboard of a study: trial, state, params, value(s), the best epoch's validation
+    figures, worst-group accuracy, latency and size, feasibility, epochs, duration.
 
     Example: celebhpo study show demo --format csv > leaderboard.csv
+    Example: celebhpo study show front --pareto
     """
-    from celebhpo.hpo import leaderboard, load_study
+    from celebhpo.hpo import leaderboard, load_study, pareto_board
     from celebhpo.report import format_table
 
     optuna_study, _ = load_study(name, _resolve_storage(storage))
-    click.echo(format_table(leaderboard(optuna_study), fmt))
+    board = pareto_board(optuna_study) if pareto else leaderboard(optuna_study)
+    click.echo(format_table(board, fmt))
 
 
 @cli.command("optimize")
@@ -297,13 +249,17 @@ def optimize_cmd(study_name: str | None, n_trials: int | None, timeout: float | 
 @click.option("--register", default=None, metavar="NAME", help="Also register in the MLflow "
               "Model Registry under NAME; alias 'best' moves only to a better test score.")
 @click.option("--force", is_flag=True, help="With --register: move alias 'best' regardless.")
+@click.option("--trial", "trial", type=int, default=None, metavar="N", help="Export trial N "
+              "instead of the best (needed in a study of several metrics: pick one of "
+              "`study show --pareto`).")
 @storage_option
 @tracking_option
 @device_option
 def export_best_cmd(study_name: str | None, out: Path, formats: str, register: str | None,
-                    force: bool, storage: str | None, tracking_uri: str | None,
-                    device: str | None) -> None:
+                    force: bool, trial: int | None, storage: str | None,
+                    tracking_uri: str | None, device: str | None) -> None:
     """Export the best completed trial, evaluated once on the validation and test splits.
+    With [study] constraints, the best of the trials that meet them.
 
     Writes model.pt, model_card.md and model_card.json (and model.ts / model.onnx when
     asked), each checked against the PyTorch model before it is written. Prints one line:
@@ -317,7 +273,7 @@ def export_best_cmd(study_name: str | None, out: Path, formats: str, register: s
     result = export_best(study_name=study_name, storage=_resolve_storage(storage), out=out,
                          formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
                          register=register, force=force, tracking_uri=tracking_uri,
-                         device=device or "auto")
+                         device=device or "auto", trial=trial)
     click.echo(result.summary())
 
 
@@ -353,21 +309,27 @@ def predict_cmd(model: Path, inputs: tuple[Path, ...], fmt: str, threshold: str,
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
               show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Also write metrics.json and classification_report.csv/.json here.")
+              help="Also write metrics.json, classification_report.csv/.json and slices.csv "
+              "here.")
 @threshold_option
+@click.option("--slices", default=None, metavar="A,B", help="Group the images by these "
+              "attributes' true labels (at most 4) and report each group's accuracy and the "
+              "worst group's; default: the checkpoint's [study] slices; \"\" = off.")
 def evaluate_cmd(model: Path, data_root: Path, split: str, out_dir: Path | None,
-                 threshold: str) -> None:
+                 threshold: str, slices: str | None) -> None:
     """Metrics and the per-attribute report of a model on a CelebA-layout folder.
 
-    The metrics are given at --threshold and at 0.5, side by side, each column named.
+    The metrics are given at --threshold and at 0.5, side by side, each column named; then
+    the subgroups (Male x Young by default) and the attributes with the largest gaps.
 
-    Example: celebhpo evaluate best/ data/synthetic --split test --threshold tuned --out eval/
+    Example: celebhpo evaluate best/ data/synthetic --split test --slices Male,Young --out eval/
     """
     from celebhpo.inference import evaluate
     from celebhpo.report import format_evaluation
 
+    names = None if slices is None else [s.strip() for s in slices.split(",") if s.strip()]
     metrics, report = evaluate(model, data_root, split=split, out_dir=out_dir,
-                               threshold=threshold)
+                               threshold=threshold, slices=names)
     click.echo(format_evaluation(metrics, report))
 
 

@@ -102,12 +102,18 @@ def _assignments(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items())
 
 
-def format_trial_line(number: int, state: str, metric: str, value: float | None,
-                      params: dict[str, Any], attrs: dict[str, Any]) -> str:
+def format_trial_line(number: int, state: str, metric: str | list[str],
+                      value: float | list[float] | None, params: dict[str, Any],
+                      attrs: dict[str, Any]) -> str:
     """A worker's line as a trial ends, e.g.
-    `trial 3 COMPLETE val_loss=0.6931 lr=0.003  2 epochs, 4.1 s`; `attrs` are its user attrs."""
+    `trial 3 COMPLETE val_loss=0.6931 lr=0.003  2 epochs, 4.1 s`; `attrs` are its user attrs.
+    A study of several metrics gives lists of names and values."""
     if state == "COMPLETE":
-        what = f"{metric}={value:.4f}"
+        names = metric if isinstance(metric, list) else [metric]
+        values = value if isinstance(value, list | tuple) else [value]
+        what = " ".join(f"{m}={v:.4f}" for m, v in zip(names, values, strict=True))
+        if attrs.get("violated"):
+            what += f" (infeasible: misses {', '.join(attrs['violated'])})"
     elif state == "PRUNED":
         what = f"at epoch {attrs.get('pruned_at')}"
     else:
@@ -179,10 +185,30 @@ def format_evaluation(metrics: dict[str, Any], report: pd.DataFrame) -> str:
     lines.append(f"(an attribute is present when its probability > its threshold; {label} = "
                  + ("the checkpoint's per-attribute thresholds, tuned on validation"
                     if label == "tuned" else f"{label} for every attribute") + ")")
+    lines += _slice_lines(metrics.get("slices"), label)
     lines += ["", format_table(report, "table", "{:.3f}")]
     lines += [f"skipped {name}: {reason}" for name, reason in skipped[:10]]
     lines += [f"wrote {path}" for path in metrics.get("written", [])]
     return "\n".join(lines)
+
+
+def _slice_lines(sl: dict[str, Any] | None, label: str) -> list[str]:
+    """evaluate's subgroups (inference.evaluate.slice_summary): n and mean accuracy per group,
+    the worst group, the attributes with the largest gaps; none when slicing is off."""
+    if not sl:
+        return []
+
+    def num(v: float | None) -> str:  # None: an empty group, or no group at all
+        return "-" if v is None else f"{v:.4f}"
+
+    lines = ["", f"groups by true {' x '.join(sl['slices'])} (at {label}; mean accuracy over "
+             "the other attributes):"]
+    lines += [f"  {g['group']:<32} n={g['n']:<7} mean_acc={num(g['mean_acc'])}"
+              for g in sl["groups"]]
+    lines.append(f"worst group: {sl['worst_group'] or '-'} ({num(sl['worst_group_acc'])})")
+    lines += [f"  largest gap: {r['attribute']:<20} {num(r['gap'])} (worst {r['worst_group']} "
+              f"{num(r['worst_group_acc'])})" for r in sl["largest_gaps"]]
+    return lines
 
 
 def format_retrieval(result: RetrievalResult, fmt: str = "table") -> str:

@@ -25,7 +25,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["seed-grid", "tpe", "demo"])
+@pytest.mark.parametrize("name", ["seed-grid", "tpe", "demo", "fair", "front"])
 def test_shipped_study_files_load_and_round_trip(name):
     cfg = load_study_file(STUDIES / f"{name}.toml")
     assert cfg.study.name == name

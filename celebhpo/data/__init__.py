@@ -19,7 +19,7 @@ from celebhpo.data.inspect import inspect_dataset
 from celebhpo.data.layouts import ATTRIBUTES, CelebA, read_celeba, select_split
 from celebhpo.data.loader import IMAGENET_MEAN, IMAGENET_STD, BatchLoader, normalize
 from celebhpo.data.synth import VISIBLE_ATTRIBUTES, synthesize
-from celebhpo.errors import DataError
+from celebhpo.errors import DataError, did_you_mean
 
 if TYPE_CHECKING:
     from celebhpo.config import DataConfig
@@ -88,12 +88,19 @@ def load_data(cfg: DataConfig, splits: Sequence[str] = ("train", "val"),
                       layout=ds.layout)
 
 
-def check_split_sizes(cfg: DataConfig) -> None:
+def check_split_sizes(cfg: DataConfig, attributes: Sequence[str] = (), key: str = "") -> None:
     """DataError (one line naming the file and the key) when `[data] *_size` asks for more
-    images than a split has. Nothing when `cfg.root` is not reachable from here: workers on
-    other machines may see it where this one does not."""
+    images than a split has, or when one of `attributes` (named by the study's `key`, e.g.
+    `[study] slices`) is not a column of the labels. Nothing when `cfg.root` is not
+    reachable from here: workers on other machines may see it where this one does not."""
     if not Path(cfg.root).is_dir():
         return
     ds = read_celeba(cfg.root, cfg.layout)
     for split in ("train", "val", "test"):
         select_split(ds, split, cfg.split_size(split), cfg.subset, cfg.subset_seed)
+    for name in attributes:
+        if name not in ds.attributes:
+            close = did_you_mean(name, ds.attributes)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise DataError(f"{key} names {name!r}, which is not an attribute of {cfg.root}"
+                            f"{hint} (attributes: {', '.join(ds.attributes)})")

@@ -36,7 +36,7 @@ from celebhpo.export.formats import (
     require_onnx,
 )
 from celebhpo.export.mlflow_model import log_mlflow_model
-from celebhpo.hpo import load_study, metric_name, require_best_trial
+from celebhpo.hpo import load_study, metric_name, metric_names, require_best_trial
 from celebhpo.inference import EXPORT_FILES, SplitEvaluation
 from celebhpo.inference.evaluate import evaluate_splits
 from celebhpo.report import format_export
@@ -76,8 +76,10 @@ def export_best(
     tracking_uri: str | None = None,
     device: str = "cpu",
     progress: bool = True,
+    trial: int | None = None,
 ) -> ExportResult:
-    """Export the study's best COMPLETE trial into `out`: model.pt (the checkpoint with its
+    """Export the study's best COMPLETE trial (that meets its constraints), or trial number
+    `trial`, into `out` (a study of several metrics needs `trial`: one of its front): model.pt (the checkpoint with its
     validation and test metrics added), model_card.md/.json, and model.ts / model.onnx when
     asked. The checkpoint comes from the trial's MLflow run (user attr `mlflow_run_id`);
     The trial's run gets the model as an MLflow model, the test metrics (`test/...`) and the
@@ -89,7 +91,7 @@ def export_best(
         require_onnx()
     out = Path(out)
     check_writable(out, "--out", folder=True)  # before the study is even opened
-    chosen = _choose(study_name, storage)
+    chosen = _choose(study_name, storage, trial)
     tracker = Tracker(tracking_uri or chosen.study.user_attrs.get("tracking_uri"))
     tracker.check()
     torch_device = resolve_device(device, key="--device")
@@ -106,7 +108,7 @@ def export_best(
 
     result = ExportResult(
         out=out, study_name=chosen.study.study_name, trial_number=chosen.trial.number,
-        run_id=chosen.run_id, metric=metric_name(chosen.study), value=float(chosen.trial.value),
+        run_id=chosen.run_id, metric=metric_name(chosen.study), value=chosen.value,
         files=files, metrics=split_metrics(evaluations), checks=checks,
     )
     info = _write_back(tracker, result, model, payload)
@@ -159,10 +161,25 @@ class _Chosen:
     trial: optuna.trial.FrozenTrial
     run_id: str  # its MLflow run, which holds its checkpoint
 
+    @property
+    def value(self) -> float:
+        """The trial's value of the study's (epoch) metric, also in a study of several."""
+        return float(self.trial.values[self._index])
 
-def _choose(study_name: str | None, storage: str) -> _Chosen:
+    @property
+    def direction(self) -> str:
+        return self.study.directions[self._index].name.lower()
+
+    @property
+    def _index(self) -> int:
+        names = metric_names(self.study)
+        metric = metric_name(self.study)
+        return names.index(metric) if metric in names else 0
+
+
+def _choose(study_name: str | None, storage: str, number: int | None) -> _Chosen:
     study, _ = load_study(study_name, storage)
-    best = require_best_trial(study, storage)
+    best = require_best_trial(study, storage, number)
     run_id = best.user_attrs.get("mlflow_run_id")
     if not run_id:
         raise StudyError(
@@ -186,7 +203,7 @@ def _export_via(tmp: Path, out: Path, wanted: list[str], chosen: _Chosen, tracke
     card_md, card = model_card(
         payload=payload, study_name=chosen.study.study_name, storage=storage,
         trial=chosen.trial, metric=metric_name(chosen.study),
-        direction=chosen.study.direction.name.lower(), run_id=chosen.run_id,
+        direction=chosen.direction, run_id=chosen.run_id,
         tracking_uri=tracker.uri, evaluations=evaluations, files=names, checks=checks,
     )
     (tmp / "build" / "model_card.md").write_text(card_md, encoding="utf-8")
@@ -214,7 +231,7 @@ def _build(build: Path, model: torch.nn.Module, payload: dict[str, Any],
     exported["export"] = {
         "study": chosen.study.study_name, "trial_number": chosen.trial.number,
         "mlflow_run_id": chosen.run_id, "metric": metric_name(chosen.study),
-        "value": float(chosen.trial.value), "params": dict(chosen.trial.params),
+        "value": chosen.value, "params": dict(chosen.trial.params),
         "n_val": evaluations["val"].n_images, "n_test": evaluations["test"].n_images,
         "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }

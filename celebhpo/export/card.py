@@ -4,20 +4,37 @@
 Every number says its split (val, test) and its thresholds: "tuned" (the checkpoint's, tuned
 on validation), "0.5", or "baseline" (each attribute's majority class in the train split);
 loss and mAP need no threshold. Validation and test are scored by the same code at export.
+
+Beyond mean accuracy: mean_acc_reliable (over the attributes whose labels a published
+re-annotation found trustworthy, celebhpo.data.quality) beside the mean over all; the noisy
+attributes flagged in the per-attribute table, with the source; and, when the study sliced
+(`[study] slices`), each split's subgroups at the tuned thresholds: n and mean accuracy per
+group, the worst group, and the attributes with the largest gaps between groups.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
 import optuna
 
 from celebhpo._io import to_jsonable
+from celebhpo.data.quality import (
+    QUALITY_SOURCE,
+    label_quality,
+    noisy_attributes,
+    reliable_attributes,
+    reliable_confirmed,
+    reliable_definition,
+)
 from celebhpo.errors import mask_url
+from celebhpo.export.card_sections import measured_lines, quality_lines, slice_tables
 from celebhpo.export.formats import ATOL, RTOL
 from celebhpo.inference import EXPORT_FILES, SplitEvaluation
+from celebhpo.inference.evaluate import slice_summary
 
 __all__ = ["CARD_FILES", "model_card", "split_metrics"]
 
@@ -51,7 +68,8 @@ def model_card(*, payload: dict[str, Any], study_name: str, storage: str,
         "study": study_name,
         "storage": storage,
         "trial_number": trial.number,
-        "objective": {"metric": metric, "direction": direction, "value": float(trial.value)},
+        "objective": {"metric": metric, "direction": direction,
+                      "value": _metric_value(trial, metric)},
         "mlflow": {"tracking_uri": tracking_uri, "run_id": run_id},
         "architecture": payload.get("arch") or train.get("arch"),
         "params": dict(trial.params),
@@ -59,6 +77,11 @@ def model_card(*, payload: dict[str, Any], study_name: str, storage: str,
         "data": {k: data.get(k) for k in ("root", "layout", "image_size", "crop", "train_size",
                                           "val_size", "test_size", "subset", "subset_seed")},
         "best_epoch": payload.get("epoch"),
+        # measured when the trial ended (hpo.objective): size, and latency on its device
+        "measured": {k: trial.user_attrs[k] for k in ("params_m", "latency_ms", "latency_ms_b64",
+                                                      "device") if k in trial.user_attrs},
+        "constraints": {k: {"violation": float(v), "met": v <= 0}
+                        for k, v in trial.constraints.items()},
         "rule": RULE,
         "definitions": {
             "tuned": "per-attribute thresholds (`thresholds`) tuned on validation"
@@ -71,6 +94,13 @@ def model_card(*, payload: dict[str, Any], study_name: str, storage: str,
         "metrics": split_metrics(evaluations),
         "thresholds": dict(zip(attributes, thresholds, strict=False)),
         "per_attribute": _per_attribute(evaluations),
+        "label_quality": {
+            "source": QUALITY_SOURCE, "definition": reliable_definition(),
+            "confirmed": reliable_confirmed(),
+            "noisy": [a for a in attributes if a in noisy_attributes()],
+            "reliable": [a for a in attributes if a in reliable_attributes()]},
+        "slices": {s: slice_summary(ev.slices) for s, ev in evaluations.items()
+                   if ev.slices is not None},
         "reports": {s: json.loads(ev.report.to_json(orient="records"))
                     for s, ev in evaluations.items()},
         "normalization": payload.get("normalization") or {},
@@ -88,7 +118,7 @@ def _per_attribute(evaluations: dict[str, SplitEvaluation]) -> list[dict[str, An
     val, test = (evaluations[s].report.set_index("attribute") for s in SPLITS)
     rows = []
     for attr in test.index:
-        row: dict[str, Any] = {"attribute": str(attr),
+        row: dict[str, Any] = {"attribute": str(attr), "labels": label_quality(str(attr)),
                                "threshold": float(test.at[attr, "threshold"])}
         for split, rep in (("val", val), ("test", test)):
             row[f"{split}_acc_tuned"] = float(rep.at[attr, "accuracy_tuned"])
@@ -98,6 +128,13 @@ def _per_attribute(evaluations: dict[str, SplitEvaluation]) -> list[dict[str, An
         row["train_majority_class"] = int(test.at[attr, "majority_class"])
         rows.append(row)
     return rows
+
+
+def _metric_value(trial: optuna.trial.FrozenTrial, metric: str) -> float:
+    """The trial's value of `metric`; in a study of several metrics, its user attr."""
+    if len(trial.values) == 1:
+        return float(trial.values[0])
+    return float(trial.user_attrs.get(metric, math.nan))
 
 
 def _markdown(card: dict[str, Any], payload: dict[str, Any],
@@ -112,7 +149,7 @@ def _markdown(card: dict[str, Any], payload: dict[str, Any],
         f"# {card['architecture']} - best trial {trial.number} of study `{card['study']}`",
         "",
         f"Multi-label classifier of {n_attr} face attributes, chosen by `{metric}` "
-        f"({direction}) = {float(trial.value):.4f} on validation at its best epoch; evaluated "
+        f"({direction}) = {card['objective']['value']:.4f} on validation at its best epoch; evaluated "
         f"at export on validation ({n['val']} images) and test ({n['test']} images) alike.",
         "",
         "## Model",
@@ -126,6 +163,7 @@ def _markdown(card: dict[str, Any], payload: dict[str, Any],
         f", class weighting {train.get('class_weighting')}",
         f"- MLflow run `{card['mlflow']['run_id']}` in `{card['mlflow']['tracking_uri']}`; "
         f"study in `{card['storage']}`",
+        *measured_lines(card),
         "",
         "## Data and preprocessing",
         f"- CelebA folder `{data.get('root')}` ({data.get('layout')} layout); sizes "
@@ -135,7 +173,8 @@ def _markdown(card: dict[str, Any], payload: dict[str, Any],
         "scaled to [0, 1], then normalized",
         f"- normalization: mean {norm.get('mean')}, std {norm.get('std')}",
         "",
-        *_metrics_tables(card), "", *_attribute_table(card), "",
+        *_metrics_tables(card), "", *quality_lines(card), "", *slice_tables(card),
+        *_attribute_table(card), "",
         *_how_to_load(size, n_attr, files),
     ]
     lines += [f"- {fmt} checked against PyTorch: max |diff| of logits {v['max_abs_diff']:.1e}"
@@ -165,15 +204,18 @@ def _metrics_tables(card: dict[str, Any]) -> list[str]:
 
 def _attribute_table(card: dict[str, Any]) -> list[str]:
     """Per attribute: its tuned threshold and accuracy on both splits at both thresholds."""
-    heads = ["attribute", "threshold (tuned)", "val acc, tuned", "val acc, 0.5",
+    heads = ["attribute", "labels", "threshold (tuned)", "val acc, tuned", "val acc, 0.5",
              "test acc, tuned", "test acc, 0.5", "test acc, baseline", "test positive rate"]
-    keys = ["attribute", "threshold", "val_acc_tuned", "val_acc_0.5", "test_acc_tuned",
-            "test_acc_0.5", "test_acc_baseline", "test_positive_rate"]
+    keys = ["attribute", "labels", "threshold", "val_acc_tuned", "val_acc_0.5",
+            "test_acc_tuned", "test_acc_0.5", "test_acc_baseline", "test_positive_rate"]
     lines = ["## Per attribute", "",
              "| " + " | ".join(heads) + " |", "|---" * len(heads) + "|"]
-    lines += ["| " + " | ".join(_fmt(row[k]) for k in keys) + " |"
+    lines += ["| " + " | ".join("**noisy**" if k == "labels" and row[k] == "noisy"
+                                else _fmt(row[k]) for k in keys) + " |"
               for row in card["per_attribute"]]
-    return lines
+    return lines + ["", "labels: **noisy** = the two annotators of a published re-annotation "
+                        "agreed about as often as chance; reliable = at least 95% agreement; "
+                        f"unrated = not rated there. Source: {QUALITY_SOURCE}."]
 
 
 def _how_to_load(size: Any, n_attr: int, files: list[str]) -> list[str]:

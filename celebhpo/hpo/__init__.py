@@ -8,13 +8,21 @@ uses only the names below.
 from __future__ import annotations
 
 from celebhpo.hpo.launch import launch_workers
-from celebhpo.hpo.results import best_trial, leaderboard, metric_name, require_best_trial
+from celebhpo.hpo.results import (
+    best_trial,
+    leaderboard,
+    metric_name,
+    metric_names,
+    pareto_board,
+    pareto_front,
+    require_best_trial,
+)
 from celebhpo.hpo.storage import DEFAULT_STORAGE, open_storage, parse_storage
 from celebhpo.hpo.studies import CreateResult, create_study, list_studies, load_study
 from celebhpo.hpo.worker import OptimizeSummary, optimize
 
 __all__ = [
     "DEFAULT_STORAGE", "CreateResult", "OptimizeSummary", "best_trial", "create_study",
-    "launch_workers", "leaderboard", "list_studies", "load_study", "metric_name", "open_storage",
-    "optimize", "parse_storage", "require_best_trial",
+    "launch_workers", "leaderboard", "list_studies", "load_study", "metric_name", "metric_names",
+    "open_storage", "optimize", "pareto_board", "pareto_front", "parse_storage", "require_best_trial",
 ]

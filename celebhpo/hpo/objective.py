@@ -24,31 +24,30 @@ import json
 import logging
 import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import optuna
-from mlflow.entities import RunTag
-from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.entities import Metric, RunTag
 
 from celebhpo._interrupt import shielded
 from celebhpo.config import StudyConfig
 from celebhpo.data import DataBundle, load_data
-from celebhpo.errors import CheckpointError, TrackingError, TrainingError
+from celebhpo.errors import CheckpointError, TrainingError
 from celebhpo.hpo.results import best_trial, better
+from celebhpo.hpo.resume_states import RESUME_DIR, RESUME_FILE, RESUME_TAG, ResumeStates
+from celebhpo.objectives import TRIAL_METRICS, violations
 from celebhpo.tracking import TrialRun
-from celebhpo.training.checkpoint import load_resume_state, save_resume_state
+from celebhpo.training.latency import count_params_m, measure_latency
 from celebhpo.training.loop import Callback, FitResult, fit
+from celebhpo.training.models import create_model
 from celebhpo.training.progress import EpochProgress
-from celebhpo.training.resume import check_state, data_shape
 
 __all__ = ["RESUME_DIR", "RESUME_FILE", "RESUME_TAG", "TrialReporter", "train"]
 
 log = logging.getLogger(__name__)
 
-RESUME_DIR = "resume"  # the artifact folder of a trial's run that holds its resume state
-RESUME_FILE = "state.pt"
-RESUME_TAG = "resume_epoch"  # tag of a trial's run: the epoch its resume/state.pt holds
 
 
 class TrialReporter(Callback):
@@ -56,8 +55,9 @@ class TrialReporter(Callback):
     Optuna and raises TrialPruned when the pruner says so."""
 
     def __init__(self, trial: optuna.Trial, metric: str, direction: str = "minimize",
-                 epochs: int | None = None) -> None:
+                 epochs: int | None = None, *, report: bool = True) -> None:
         self.trial = trial
+        self.report = report  # False in a study of several metrics: Optuna prunes only one
         self.epochs = epochs  # the last epoch is never pruned: it would save nothing
         self.metric = metric
         self.direction = direction
@@ -81,6 +81,8 @@ class TrialReporter(Callback):
         if self.run is not None:
             self.run.log_epoch(epoch, metrics)
         value = float(metrics[self.metric])
+        if not self.report:
+            return
         with shielded():  # a storage write (celebhpo._interrupt)
             self.trial.report(value, epoch)
         if (self.epochs is None or epoch < self.epochs) and self.trial.should_prune():
@@ -97,19 +99,21 @@ class TrialReporter(Callback):
         if scored:
             pick = min if self.direction == "minimize" else max
             best = pick(scored, key=lambda h: float(h[self.metric]))  # first of ties, as fit
-            out.update(best_epoch=int(best["epoch"]), val_loss=_num(best.get("val_loss")),
-                       val_mean_acc=_num(best.get("val_mean_acc")),
-                       val_map=_num(best.get("val_map")))
+            out.update(best_epoch=int(best["epoch"]),
+                       **{k: _num(best.get(k)) for k in _FIGURES if k in best})
         return out
 
 
 def train(tcfg: StudyConfig, run: TrialRun, reporter: TrialReporter,
           data_cache: dict[str, DataBundle], *, progress: bool, keep_all: bool
-          ) -> tuple[float, dict[str, Any]]:
+          ) -> tuple[float | list[float], dict[str, Any]]:
     """Train the trial's config `tcfg` and log the result to its `run`; the checkpoint goes
-    along when `keep_all` or when the trial is the best so far. Data is decoded once per
+    along when `keep_all`, when the trial is the best so far and meets the constraints, or
+    in a study of several metrics (any trial may be on the front). Data is decoded once per
     worker (`data_cache`). A retried trial resumes from its earlier attempts' latest resume
-    state (module docstring). Returns (the trial's value, user attrs to store)."""
+    state (module docstring). The finished model's size and latency are measured
+    (`_measure`), and the constraints checked. Returns (the trial's value, or its values in
+    a study of several metrics; user attrs to store)."""
     trial = reporter.trial
     reporter.run = run
     bar = EpochProgress(tcfg.train.epochs, label=f"t{trial.number:03d}", enabled=progress)
@@ -118,23 +122,64 @@ def train(tcfg: StudyConfig, run: TrialRun, reporter: TrialReporter,
         with tempfile.TemporaryDirectory(prefix="celebhpo-trial-") as tmp:
             if data.skipped:  # name them where the trial's figures are
                 _log_skipped(run, data.skipped, Path(tmp) / "skipped_images.csv")
-            states = _States(run, trial, Path(tmp), keep=tcfg.study.resume)
+            states = ResumeStates(run, trial, Path(tmp), keep=tcfg.study.resume)
             result = _fit(tcfg, data, bar, reporter, Path(tmp) / "model.pt", states)
-            value = float(result.best_metrics[reporter.metric])
-            keep = keep_all or _best_so_far(trial.study, value)
+            figures = {**result.best_metrics, **_measure(tcfg, len(data.attributes),
+                                                         result.device)}
+            values = [float(figures[m]) for m in tcfg.study.objective_names()]
+            missed = [k for k, v in violations(figures, tcfg.study.constraints).items() if v > 0]
+            keep = keep_all or tcfg.study.multi_objective() or (
+                not missed and _best_so_far(trial.study, values[0]))
             logged = run.log_result(result, tcfg.to_dict(), log_checkpoint=keep)
+            _log_measured(run, figures, tcfg.study.constraints, missed)
         states.discard()
     finally:
         bar.close()
     logged.update(device=str(result.device), checkpoint_logged=keep,
-                  **{k: _num(result.best_metrics.get(k))
-                     for k in ("val_loss", "val_mean_acc", "val_map")},
-                  best_epoch=result.best_epoch)
-    return value, logged
+                  **{k: _num(figures.get(k)) for k in _FIGURES if k in figures},
+                  best_epoch=result.best_epoch, violated=missed)
+    return (values if tcfg.study.multi_objective() else values[0]), logged
+
+
+# a trial's figures stored as user attrs: the best epoch's, and the finished model's
+_FIGURES = ("val_loss", "val_mean_acc", "val_map", "val_mean_acc_reliable",
+            "val_worst_group_acc", *TRIAL_METRICS, "latency_ms_b64")
+
+
+def _measure(tcfg: StudyConfig, n_labels: int, device: str) -> dict[str, float]:
+    """params_m and the latency (ms per image at batch 1, and at 64 when the study's metric or
+    constraints use latency; on the trial's device) of the trial's architecture at its image
+    size: a fresh model of the same shape (latency does not depend on the weights)."""
+    model = create_model(tcfg.train.arch, num_labels=n_labels,
+                         num_features=tcfg.train.num_features, dropout=tcfg.train.dropout,
+                         pretrained="none").to(device)
+    out = {"params_m": count_params_m(model)}
+    # batch 64 costs ~8 s for ResNet50 on one CPU core: only when the study asks for latency
+    s = tcfg.study
+    wanted = "latency_ms" in s.objective_names() or "max_latency_ms" in s.constraints
+    out.update(measure_latency(model, tcfg.data.image_size, device,
+                               batch_sizes=(1, 64) if wanted else (1,),
+                               channels_last=tcfg.train.channels_last))
+    return out
+
+
+def _log_measured(run: TrialRun, figures: dict[str, Any], constraints: dict[str, float],
+                  missed: list[str]) -> None:
+    """The model's size and latency as metrics of the trial's run; with constraints, the tag
+    `feasible` (and `violated`, the constraints it misses)."""
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(figures[k]), now, 0)
+               for k in (*TRIAL_METRICS, "latency_ms_b64") if _num(figures.get(k)) is not None]
+    tags = []
+    if constraints:
+        tags.append(RunTag("feasible", "false" if missed else "true"))
+        if missed:
+            tags.append(RunTag("violated", ",".join(missed)))
+    run.tracker.log_batch(run.run_id, metrics=metrics, tags=tags)
 
 
 def _fit(tcfg: StudyConfig, data: DataBundle, bar: EpochProgress, reporter: TrialReporter,
-         ckpt: Path, states: _States) -> FitResult:
+         ckpt: Path, states: ResumeStates) -> FitResult:
     """fit, resumed from an earlier attempt's state when there is a usable one. A state that
     does not load into the model after all (nothing replayed yet) is dropped with one line."""
     callbacks = [bar, reporter]
@@ -194,93 +239,3 @@ def _num(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
-
-
-# -- resume states in MLflow -------------------------------------------------------------------
-class _States:
-    """The trial's resume states: its own run's, uploaded after each epoch (fit's
-    `on_state`), and its earlier attempts' (a retry's), found and at the end deleted. A
-    retry's run is tagged `retry_of` whether or not it `keep`s states ([study] resume)."""
-
-    def __init__(self, run: TrialRun, trial: optuna.Trial, folder: Path, *, keep: bool) -> None:
-        self.run, self.trial, self.folder, self.keep = run, trial, folder, keep
-        self.tracker = run.tracker
-        self.uploaded = False
-        self.warned = False
-        self.earlier = self._earlier_runs()  # (run id, its resume epoch or 0), newest first
-        if self.earlier:
-            self._tag(run.run_id, retry_of=self.earlier[0][0])
-
-    def __call__(self, state: dict[str, Any]) -> None:
-        """Upload the state of the epoch just finished. A failure costs only a longer retry,
-        never the trial: one warning."""
-        path = self.folder / RESUME_FILE
-        try:
-            save_resume_state(path, state, durable=False)
-            self.tracker.call("log resume state", self.tracker.client.log_artifact,
-                              self.run.run_id, str(path), RESUME_DIR)
-            self.uploaded = True
-            self._tag(self.run.run_id, **{RESUME_TAG: state["epoch"]})
-        except (TrackingError, CheckpointError, OSError) as e:
-            if not self.warned:
-                log.warning("trial %d: resume state of epoch %d not saved (a retry would "
-                            "start earlier): %s", self.trial.number, state["epoch"], e)
-            self.warned = True
-
-    def find(self, tcfg: StudyConfig, data: DataBundle) -> dict[str, Any] | None:
-        """The latest earlier attempt's state that loads and fits this run, else None."""
-        for run_id, epoch in sorted(self.earlier, key=lambda r: -r[1]):  # stable: newest first
-            if not epoch:
-                continue
-            try:
-                path = self.tracker.call(
-                    "download resume state", self.tracker.client.download_artifacts, run_id,
-                    f"{RESUME_DIR}/{RESUME_FILE}", str(self.folder / run_id))
-                state = load_resume_state(path)
-                check_state(state, tcfg.to_dict(), data_shape(data))
-            except (TrackingError, CheckpointError, OSError) as e:
-                log.warning("trial %d: resume state of MLflow run %s skipped: %s",
-                            self.trial.number, run_id, e)
-                continue
-            log.warning("trial %d resumed from epoch %d of MLflow run %s", self.trial.number,
-                        state["epoch"], run_id)
-            self._tag(self.run.run_id, resumed_from_run=run_id,
-                      resumed_from_epoch=state["epoch"])
-            return state
-        return None
-
-    def discard(self) -> None:
-        """Delete the resume states of this run and the earlier attempts' (best effort)."""
-        runs = [r for r, epoch in self.earlier if epoch]
-        if self.uploaded:
-            runs.insert(0, self.run.run_id)
-        for run_id in runs:
-            try:
-                info = self.tracker.call("get run", self.tracker.client.get_run, run_id).info
-                repo = get_artifact_repository(info.artifact_uri, tracking_uri=self.tracker.uri)
-                self.tracker.call("delete resume state", repo.delete_artifacts, RESUME_DIR)
-                self.tracker.call("delete tag", self.tracker.client.delete_tag, run_id,
-                                  RESUME_TAG)
-            except Exception as e:  # noqa: BLE001 - a leftover state never fails a trial
-                log.warning("trial %d: resume state of MLflow run %s not deleted: %s",
-                            self.trial.number, run_id, e)
-
-    def forget(self) -> None:
-        """Untag the run's resume: `find`'s state did not load after all."""
-        for key in ("resumed_from_run", "resumed_from_epoch"):
-            self.tracker.call("delete tag", self.tracker.client.delete_tag, self.run.run_id, key)
-
-    def _earlier_runs(self) -> list[tuple[str, int]]:
-        trials = {t.number: t for t in self.trial.study.get_trials(deepcopy=False)}
-        me = trials.get(self.trial.number)
-        history = me.system_attrs.get("retry_history", []) if me is not None else []
-        out = []
-        for number in reversed(history):
-            run_id = trials[number].user_attrs.get("mlflow_run_id") if number in trials else None
-            if run_id:
-                tags = self.tracker.call("get run", self.tracker.client.get_run, run_id).data.tags
-                out.append((run_id, int(tags.get(RESUME_TAG, 0))))
-        return out
-
-    def _tag(self, run_id: str, **tags: Any) -> None:
-        self.tracker.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

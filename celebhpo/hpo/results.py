@@ -1,8 +1,11 @@
-"""What a study has found: its metric, the best trial, trials counted by state, the
-leaderboard. Read-only: nothing here changes a study.
+"""What a study has found: its metric(s), the best trial (or the Pareto front of a study of
+several metrics), trials counted by state, the leaderboard. Read-only: nothing here changes a
+study.
 
-"Better" is defined once, from the study's direction (`better`), and everything that ranks
-trials uses it.
+"Better" is defined once, from the study's direction (`better`; the first metric's in a
+study of several), and everything that ranks trials uses it. A study with `[study]
+constraints` stores each trial's constraint values in Optuna (`Trial.set_constraint`); an
+infeasible trial is never the best one nor on the front (`feasible`).
 """
 
 from __future__ import annotations
@@ -18,21 +21,41 @@ from optuna.trial import FrozenTrial, TrialState
 
 from celebhpo.errors import StudyError, mask_url
 
-__all__ = ["STATE_ORDER", "best_trial", "better", "leaderboard", "metric_name",
-           "require_best_trial", "state_counts"]
+__all__ = ["STATE_ORDER", "best_trial", "better", "feasible", "leaderboard", "metric_name",
+           "metric_names", "pareto_board", "pareto_front", "require_best_trial", "state_counts"]
 
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
 
 
 def metric_name(study: optuna.Study) -> str:
-    """The study file's `[study] metric` (what the trial values are), "value" if unknown."""
+    """The study file's `[study] metric` (what a single-objective trial's value is; the
+    epoch metric of a study of several), "value" if unknown."""
     cfg = study.user_attrs.get("config") or {}
     return str((cfg.get("study") or {}).get("metric") or "value")
 
 
+def metric_names(study: optuna.Study) -> list[str]:
+    """What each of a trial's values is: `[study] metric`, or its list."""
+    cfg = (study.user_attrs.get("config") or {}).get("study") or {}
+    names = list(cfg.get("objectives") or [])
+    return names if len(names) == len(study.directions) else [metric_name(study)]
+
+
+def feasible(trial: FrozenTrial) -> bool:
+    """Whether the trial meets the study's constraints (all its constraint values <= 0)."""
+    return all(v <= 0 for v in trial.constraints.values())
+
+
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    """The feasible COMPLETE trials no other feasible trial dominates, by trial number."""
+    return sorted(study.best_trials, key=lambda t: t.number)
+
+
 def better(study: optuna.Study) -> Callable[[float, float], bool]:
-    """`better(a, b)`: whether value `a` beats `b` in the study's direction (ties do not)."""
-    return operator.lt if study.direction == optuna.study.StudyDirection.MINIMIZE else operator.gt
+    """`better(a, b)`: whether value `a` beats `b` in the study's direction (ties do not;
+    the first metric's direction in a study of several)."""
+    first = study.directions[0]
+    return operator.lt if first == optuna.study.StudyDirection.MINIMIZE else operator.gt
 
 
 def _ranked(study: optuna.Study, values: Iterable[float]) -> float:
@@ -49,9 +72,11 @@ def state_counts(trials: Iterable[FrozenTrial]) -> dict[str, int]:
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best COMPLETE trial by the study's direction, or None when none has completed."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
+    """The best feasible COMPLETE trial by the study's direction, or None when none has
+    completed (or met the constraints), or the study has several metrics."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if feasible(t)]
+    if not complete or len(study.directions) != 1:
         return None
     best = complete[0]
     for t in complete[1:]:
@@ -60,13 +85,28 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
     return best
 
 
-def require_best_trial(study: optuna.Study, storage: str) -> FrozenTrial:
-    """`best_trial`, or one StudyError saying what the study holds and what to run."""
+def require_best_trial(study: optuna.Study, storage: str, number: int | None = None
+                       ) -> FrozenTrial:
+    """Trial `number` (any COMPLETE trial), else `best_trial`; or one StudyError saying what
+    the study holds and what to run: a study of several metrics has no single best (its
+    front is listed), nor has a study whose completed trials all miss its constraints."""
     name = study.study_name
+    if number is not None:
+        return _chosen(study, number)
     if len(study.directions) != 1:
-        raise StudyError(f"study '{name}' has {len(study.directions)} objectives; export-best "
-                         "needs a single-objective study")
+        front = ", ".join(f"trial {t.number} ({_values(study, t)})" for t in pareto_front(study))
+        raise StudyError(f"study '{name}' has {len(study.directions)} metrics, so no single "
+                         f"best trial; its Pareto front: {front or 'empty'}. Choose one with "
+                         "`celebhpo export-best --trial N`")
     best = best_trial(study)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if best is None and complete:
+        closest = min(complete, key=lambda t: sum(max(v, 0) for v in t.constraints.values()))
+        missed = ", ".join(f"{k} by {v:.4g}" for k, v in closest.constraints.items() if v > 0)
+        raise StudyError(
+            f"no completed trial of study '{name}' meets its [study] constraints; the closest, "
+            f"trial {closest.number}, misses {missed}. Relax the constraints (a new study), or "
+            f"export that trial anyway with --trial {closest.number}")
     if best is None:
         counts = state_counts(study.get_trials(deepcopy=False))
         seen = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials"
@@ -77,41 +117,91 @@ def require_best_trial(study: optuna.Study, storage: str) -> FrozenTrial:
     return best
 
 
+def _chosen(study: optuna.Study, number: int) -> FrozenTrial:
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    t = trials.get(number)
+    if t is None or t.state != TrialState.COMPLETE:
+        done = sorted(n for n, t in trials.items() if t.state == TrialState.COMPLETE)
+        what = "no such trial" if t is None else f"it is {t.state.name}"
+        raise StudyError(f"--trial {number}: study '{study.study_name}' cannot export it "
+                         f"({what}); completed trials: {', '.join(map(str, done)) or 'none'}")
+    return t
+
+
+def _values(study: optuna.Study, t: FrozenTrial) -> str:
+    return ", ".join(f"{m} {v:.4g}" for m, v in zip(metric_names(study), t.values, strict=True))
+
+
 def leaderboard(study: optuna.Study) -> pd.DataFrame:
     """Every trial, best first: COMPLETE by value, then PRUNED by their best reported value,
-    then RUNNING, WAITING and FAIL. Columns: trial, state, the searched params, the value,
-    the best epoch (by the study's metric) and its val_loss, val_mean_acc, val_map (less the
-    one that is the value), epochs run, duration_s, note."""
+    then RUNNING, WAITING and FAIL. Columns: trial, state, the searched params, the value
+    (one column per metric in a study of several, plus `pareto`: * on the front), the best
+    epoch (by the study's metric) and its val_loss, val_mean_acc, val_map (less the metrics
+    that are values), the worst-group accuracy, latency and size when measured, `feasible`
+    when the study has constraints, epochs run, duration_s, note."""
     trials = study.get_trials(deepcopy=False)
-    metric = metric_name(study)
+    metrics = metric_names(study)
+    multi = len(metrics) > 1
     retried = {n: t.number for t in trials for n in t.system_attrs.get("retry_history", [])[-1:]}
     param_names = list(dict.fromkeys(k for t in trials for k in t.params))
-    figures = [k for k in ("val_loss", "val_mean_acc", "val_map") if k != metric]
+    figures = [k for k in ("val_loss", "val_mean_acc", "val_map", "val_worst_group_acc",
+                           "latency_ms", "params_m")
+               if k not in metrics and (k in ("val_loss", "val_mean_acc", "val_map")
+                                        or any(t.user_attrs.get(k) is not None for t in trials))]
+    front = {t.number for t in pareto_front(study)} if multi else set()
+    constrained = any(t.constraints for t in trials)
     rows = []
     for t in trials:
         a = t.user_attrs
-        if t.state == TrialState.COMPLETE:
-            score = t.value
-        else:
-            reported = list(t.intermediate_values.values())
-            score = _ranked(study, reported) if reported else None
         rows.append({
             "trial": t.number,
             "state": t.state.name,
             **{k: t.params.get(k) for k in param_names},
-            metric: score,
+            **dict(zip(metrics, _scores(study, t, metrics), strict=True)),
+            **({"pareto": "*" if t.number in front else ""} if multi else {}),
+            **({"feasible": _feasible_text(t)} if constrained else {}),
             "best_epoch": a.get("best_epoch"),
             **{k: a.get(k) for k in figures},
             "epochs": a.get("epochs_run"),
             "duration_s": a.get("duration_s"),
             "note": _note(t, retried),
         })
-    rows = _sorted_rows(study, rows, metric)
-    columns = ["trial", "state", *param_names, metric, "best_epoch", *figures, "epochs",
+    rows = _sorted_rows(study, rows, metrics[0])
+    columns = ["trial", "state", *param_names, *metrics, *(["pareto"] if multi else []),
+               *(["feasible"] if constrained else []), "best_epoch", *figures, "epochs",
                "duration_s", "note"]
     df = pd.DataFrame(rows, columns=columns).reset_index(drop=True)
     # counts stay integers beside missing values (not 2.0 beside NaN)
     return df.astype({"best_epoch": "Int64", "epochs": "Int64"})
+
+
+def pareto_board(study: optuna.Study) -> pd.DataFrame:
+    """The leaderboard's rows of the Pareto front (a study of several metrics)."""
+    if len(study.directions) == 1:
+        best = best_trial(study)
+        raise StudyError(f"study '{study.study_name}' has one metric ({metric_name(study)}), so "
+                         "no front: its best trial is "
+                         f"{best.number if best else 'not there yet'}; `study show` without "
+                         "--pareto lists every trial")
+    board = leaderboard(study)
+    return board[board["pareto"] == "*"].reset_index(drop=True)
+
+
+def _scores(study: optuna.Study, t: FrozenTrial, metrics: list[str]) -> list[float | None]:
+    """A COMPLETE trial's values; a pruned one's best reported value (single metric)."""
+    if t.state == TrialState.COMPLETE:
+        return list(t.values)
+    reported = list(t.intermediate_values.values())
+    if len(metrics) == 1:
+        return [_ranked(study, reported) if reported else None]
+    return [t.user_attrs.get(m) for m in metrics]
+
+
+def _feasible_text(t: FrozenTrial) -> str:
+    if not t.constraints:
+        return ""
+    return "yes" if feasible(t) else "no: " + ", ".join(
+        k for k, v in t.constraints.items() if v > 0)
 
 
 def _note(t: FrozenTrial, retried: dict[int, int]) -> str:

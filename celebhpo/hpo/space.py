@@ -42,6 +42,8 @@ def make_sampler(cfg: StudyConfig, *, grid: bool, salt: int | None = None,
         return QueuedGridSampler(cfg.grid(), seed=cfg.study.seed)
     if cfg.study.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, constant_liar=shared)
+    if cfg.study.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
     if cfg.study.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     try:

@@ -34,6 +34,7 @@ from celebhpo.hpo.storage import (
     optuna_quiet,
     parse_storage,
 )
+from celebhpo.objectives import describe
 from celebhpo.tracking import (
     Tracker,
     create_study_run,
@@ -75,12 +76,7 @@ def create_study(
         raise StudyError(f"study name {name!r} must be non-empty and without '/'")
     grid = grid or cfg.study.sampler == "grid"
     stored = _resolved_config(cfg, grid, name)
-    check_split_sizes(stored.data)  # now, not when the first trial decodes its images
-    if grid:
-        stored.grid()  # a range in [space] is a ConfigError naming the key
-    else:
-        make_sampler(stored, grid=False)  # e.g. cmaes without its package
-    make_pruner(stored)  # bad pruner settings fail here, not in the first worker
+    _check(stored, grid)
     config = json.loads(json.dumps(stored.to_dict()))
     uri = resolve_tracking_uri(tracking_uri)
     backend = open_storage(storage)
@@ -110,9 +106,30 @@ def create_study(
     what = (f"a grid of {len(study.trials)} points over {', '.join(stored.space)}" if grid else
             f"{stored.study.sampler} search over {', '.join(stored.space) or 'nothing'}")
     return CreateResult(name, True, (
-        f"created study '{name}'{replaced} in {spec.masked}: {what}, {stored.study.metric} "
-        f"{stored.study.resolved_direction()}d, pruner {stored.study.pruner}; MLflow experiment "
+        f"created study '{name}'{replaced} in {spec.masked}: {what}, {_goal(stored)}, "
+        f"pruner {stored.study.pruner}; MLflow experiment "
         f"{experiment_id} at {tracker.masked_uri}. Next: {_run_hint(name, spec)}"))
+
+
+def _check(stored: StudyConfig, grid: bool) -> None:
+    """What would fail every worker, now: the data (split sizes, slice names, when it is
+    reachable from here), the grid or the sampler, the pruner."""
+    # now, not when the first trial decodes its images
+    check_split_sizes(stored.data, stored.study.slices, f"{stored.source}: [study] slices")
+    if grid:
+        stored.grid()  # a range in [space] is a ConfigError naming the key
+    else:
+        make_sampler(stored, grid=False)  # e.g. cmaes without its package
+    make_pruner(stored)  # bad pruner settings fail here, not in the first worker
+
+
+def _goal(cfg: StudyConfig) -> str:
+    """`val_mean_acc maximized` / `val_mean_acc maximized and latency_ms minimized`, and the
+    constraints."""
+    s = cfg.study
+    goal = " and ".join(f"{m} {d}d" for m, d in zip(s.objective_names(),
+                                                      s.objective_directions(), strict=True))
+    return goal + (f" subject to {describe(s.constraints)}" if s.constraints else "")
 
 
 def _unchanged(name: str, spec: StorageSpec, attrs: dict[str, Any], config: dict, grid: bool,
@@ -137,14 +154,14 @@ def _new_study(backend: optuna.storages.BaseStorage, spec: StorageSpec, stored: 
     try:
         with optuna_quiet():
             study = optuna.create_study(storage=backend, study_name=name,
-                                        direction=stored.study.resolved_direction())
+                                        directions=stored.study.objective_directions())
     except optuna.exceptions.DuplicatedStudyError:
         raise StudyError(f"study '{name}' was created in {spec.masked} by someone else just now; "
                          "run the command again") from None
     try:
         with warnings.catch_warnings():  # experimental in Optuna 5; names "Objective 0"
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([stored.study.metric])
+            study.set_metric_names(stored.study.objective_names())
         for key, value in attrs.items():
             study.set_user_attr(key, value)
         if attrs["grid"]:

@@ -40,6 +40,7 @@ from celebhpo.errors import (
 from celebhpo.hpo.liveness import TrialTakenOver, heartbeat, requeue_finished, trial_taken_over
 from celebhpo.hpo.results import leaderboard
 from celebhpo.hpo.space import suggest_params
+from celebhpo.objectives import violations
 from celebhpo.report import format_trial_line
 from celebhpo.tracking import Tracker, TrialRun, close_orphan_runs, refresh_parent, start_trial
 
@@ -72,7 +73,7 @@ class _Outcome:
     """How the attempt ended, as `tell` and the MLflow run need it."""
 
     state: TrialState = TrialState.FAIL
-    value: float | None = None
+    value: float | list[float] | None = None
     reason: str = ""
     error: BaseException | None = None  # raised again once the trial is told
     requeue: bool = False
@@ -122,8 +123,9 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> int | None:
         if ctx.device:
             tcfg.train.device = ctx.device
         trial.set_user_attr("device", tcfg.train.device)
-        reporter = TrialReporter(trial, ctx.cfg.study.metric,
-                                 ctx.cfg.study.resolved_direction(), epochs=tcfg.train.epochs)
+        study_cfg = ctx.cfg.study
+        reporter = TrialReporter(trial, study_cfg.metric, study_cfg.resolved_direction(),
+                                 epochs=tcfg.train.epochs, report=not study_cfg.multi_objective())
 
         def objective(run: TrialRun) -> tuple[float, dict[str, Any]]:
             return train(tcfg, _OwnedRun(run, ctx, trial), reporter, ctx.data_cache,
@@ -133,7 +135,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> int | None:
         summary = {**reporter.summary(), **out.logged,
                    "duration_s": round(time.perf_counter() - started, 3)}
         if not out.taken_over:
-            _tell(ctx.study, trial, out, summary)
+            _tell(ctx.study, trial, out, summary, study_cfg.constraints)
     if out.taken_over:
         _drop(ctx, trial.number)
         return None
@@ -141,7 +143,9 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> int | None:
         requeue_finished(ctx.study, trial)
     if out.run is not None:
         out.run.end(out.state.name, reason=out.reason or None, pruned_at=reporter.pruned_at)
-    ctx.echo(format_trial_line(trial.number, out.state.name, ctx.cfg.study.metric, out.value,
+    names = study_cfg.objective_names()
+    ctx.echo(format_trial_line(trial.number, out.state.name,
+                               names if study_cfg.multi_objective() else names[0], out.value,
                                params, summary))
     if not isinstance(out.error, KeyboardInterrupt):
         # stopping: the interrupt may have landed inside an import (say matplotlib's, on the
@@ -180,10 +184,12 @@ def _attempt(ctx: TrialContext, trial: optuna.Trial, params: dict[str, Any], tcf
     return out
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, out: _Outcome, summary: dict[str, Any]
-          ) -> None:
-    """Store the trial's user attrs (`summary`, plus the masked reason of a failure), then
-    tell Optuna how it ended; `out.taken_over` when another worker finished it first."""
+def _tell(study: optuna.Study, trial: optuna.Trial, out: _Outcome, summary: dict[str, Any],
+          constraints: dict[str, float]) -> None:
+    """Store the trial's user attrs (`summary`, plus the masked reason of a failure) and, for
+    a completed trial of a study with constraints, its constraint values (Optuna's
+    `set_constraint`: <= 0 is met), then tell Optuna how it ended; `out.taken_over` when
+    another worker finished it first."""
     if out.state == TrialState.FAIL:
         summary["fail_reason"] = mask_url(out.reason)
     try:
@@ -191,6 +197,8 @@ def _tell(study: optuna.Study, trial: optuna.Trial, out: _Outcome, summary: dict
             for key, val in summary.items():
                 trial.set_user_attr(key, val)
             if out.state == TrialState.COMPLETE:
+                for key, val in violations(summary, constraints).items():
+                    trial.set_constraint(key, val)
                 study.tell(trial, out.value)
             else:
                 study.tell(trial, state=out.state)

@@ -1,6 +1,8 @@
 """Evaluating a model on labelled CelebA images, scored one way (`score`): metrics at the
-chosen thresholds (the checkpoint's tuned ones unless told otherwise) and at 0.5, and the
-per-class report.
+chosen thresholds (the checkpoint's tuned ones unless told otherwise) and at 0.5 (each with
+mean_acc_reliable: training.metrics), the per-class report, and the subgroup slices
+(training.slices; the checkpoint's `[study] slices` unless told otherwise) at the chosen
+thresholds.
 
 - `evaluate`: any CelebA-layout folder's split, image files through the Predictor
   (`celebhpo evaluate`);
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,19 +25,27 @@ import pandas as pd
 import torch
 
 from celebhpo._io import atomic_write, check_writable, output_errors
-from celebhpo.config import StudyConfig
+from celebhpo.config import StudyConfig, StudySection
 from celebhpo.data import BatchLoader, SplitData, load_data, read_celeba, select_split
 from celebhpo.errors import CheckpointError, DataError
 from celebhpo.inference.predict import HALF, predict_paths, resolve_thresholds
 from celebhpo.inference.predictor import Predictor, load_model
 from celebhpo.report import report_to_dict
+from celebhpo.training.checkpoint import load_checkpoint
 from celebhpo.training.loop import evaluate as evaluate_batches
 from celebhpo.training.metrics import compute_metrics, per_class_report
+from celebhpo.training.slices import (
+    SliceResult,
+    resolve_slices,
+    slice_metrics,
+    worst_group_acc,
+)
 
 __all__ = ["SplitEvaluation", "baseline_metrics", "evaluate", "evaluate_splits",
-           "majority_classes", "score", "score_split"]
+           "majority_classes", "score", "score_split", "slice_summary"]
 
 EVALUATION_FILES = ("metrics.json", "classification_report.csv", "classification_report.json")
+SLICES_FILE = "slices.csv"
 
 
 def score(probs: np.ndarray, targets: np.ndarray, attributes: list[str],
@@ -43,8 +55,8 @@ def score(probs: np.ndarray, targets: np.ndarray, attributes: list[str],
 
     The report's plain columns are at 0.5 and its `*_tuned` columns at `thresholds`; when
     those are not the tuned ones the columns say which they are (`f1_at_0.3`)."""
-    chosen = compute_metrics(probs, targets, thresholds=thresholds)
-    at_half = compute_metrics(probs, targets, thresholds=0.5)
+    chosen = compute_metrics(probs, targets, thresholds=thresholds, attributes=attributes)
+    at_half = compute_metrics(probs, targets, thresholds=0.5, attributes=attributes)
     report = per_class_report(probs, targets, attributes, thresholds)
     if label != "tuned":
         report = report.rename(columns={c: c.removesuffix("_tuned") + f"_at_{label}"
@@ -59,18 +71,23 @@ def _floats(metrics: dict[str, Any]) -> dict[str, float]:
 # -- a CelebA folder -------------------------------------------------------------------------
 def evaluate(model: Predictor | str | Path, data_root: str | Path, split: str = "test",
              out_dir: str | Path | None = None, *, threshold: str | float = "tuned",
-             layout: str = "auto", batch_size: int = 256,
-             progress: bool = True) -> tuple[dict[str, Any], pd.DataFrame]:
+             layout: str = "auto", batch_size: int = 256, progress: bool = True,
+             slices: Sequence[str] | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
     """Metrics (at `threshold`: the checkpoint's tuned thresholds, 0.5 or a number; and at 0.5)
     and the per-class report of `model` on one split of any CelebA-layout folder. Writes
-    metrics.json and classification_report.csv/.json to `out_dir` when given.
+    metrics.json, classification_report.csv/.json (and slices.csv) to `out_dir` when given.
 
     `metrics["threshold"]` names the chosen thresholds and is the key of their metrics
-    (`metrics["tuned"]`, `metrics["0.3"]`); `metrics["0.5"]` holds those at 0.5."""
+    (`metrics["tuned"]`, `metrics["0.3"]`); `metrics["0.5"]` holds those at 0.5. `slices`
+    (attribute names; None: the checkpoint's `[study] slices`; [] = off) adds
+    `worst_group_acc` to both and `metrics["slices"]` (groups, worst group, largest gaps)."""
     if out_dir is not None:
         check_writable(out_dir, "--out", folder=True)  # before the work, not after it
     predictor = model if isinstance(model, Predictor) else load_model(model)
     thresholds, label = resolve_thresholds(predictor, threshold)  # a bad value fails first
+    names = list(slices) if slices is not None else _checkpoint_slices(predictor)
+    resolve_slices(names, predictor.attributes,  # a bad name fails before any image is read
+                   key="--slices" if slices is not None else "the checkpoint's [study] slices")
     data_root = Path(data_root)
     ds = read_celeba(data_root, layout=layout)
     missing = [a for a in predictor.attributes if a not in ds.attributes]
@@ -100,20 +117,68 @@ def evaluate(model: Predictor | str | Path, data_root: str | Path, split: str = 
         "threshold": label,
         **scores,
     }
+    sliced = _add_slices(metrics, label, probs, targets, predictor.attributes, names,
+                         thresholds)
     if out_dir is not None:
         with output_errors(out_dir, "--out", folder=True):
-            metrics["written"] = _write(Path(out_dir), metrics, report)
+            metrics["written"] = _write(Path(out_dir), metrics, report, sliced)
     return metrics, report
 
 
-def _write(out: Path, metrics: dict[str, Any], report: pd.DataFrame) -> list[str]:
-    """metrics.json and classification_report.csv/.json in `out`; their paths."""
-    texts = (json.dumps(metrics, indent=2), report.to_csv(index=False),
-             json.dumps(report_to_dict(report), indent=2, default=float))
+def _add_slices(metrics: dict[str, Any], label: str, probs: np.ndarray, targets: np.ndarray,
+                attributes: list[str], names: list[str], thresholds: np.ndarray
+                ) -> SliceResult | None:
+    """The slice metrics at the chosen thresholds (None when `names` is empty); adds
+    worst_group_acc to the chosen and the 0.5 metrics, and metrics["slices"]."""
+    if not names:
+        return None
+    sliced = slice_metrics(probs, targets, attributes, names, thresholds)
+    metrics[label]["worst_group_acc"] = sliced.worst_group_acc
+    metrics[HALF]["worst_group_acc"] = worst_group_acc(
+        probs, targets, resolve_slices(names, attributes), 0.5)
+    metrics["slices"] = slice_summary(sliced)
+    return sliced
+
+
+def _checkpoint_slices(predictor: Predictor) -> list[str]:
+    """The `[study] slices` of the config the model was trained with (the default when that
+    config predates them)."""
+    config = load_checkpoint(predictor.checkpoint_path).get("config") or {}
+    return list((config.get("study") or {}).get("slices", StudySection().slices))
+
+
+def slice_summary(result: SliceResult, top: int = 5) -> dict[str, Any]:
+    """JSON-able: the slice attributes, the worst group and its accuracy, every group (n, mean
+    accuracy; None where a group is empty) and the `top` attributes with the largest gaps."""
+    def plain(v: Any) -> Any:
+        v = v.item() if isinstance(v, np.generic) else v
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    gaps = result.attributes.sort_values("gap", ascending=False).head(top)
+    return {
+        "slices": list(result.slices), "worst_group": result.worst_group,
+        "worst_group_acc": plain(result.worst_group_acc),
+        "groups": [{"group": g, "n": int(n), "mean_acc": plain(a)} for g, n, a in zip(
+            result.groups["group"], result.groups["n"], result.groups["mean_acc"], strict=True)],
+        "largest_gaps": [{k: plain(r[k]) for k in ("attribute", "gap", "worst_group",
+                                                   "worst_group_acc")}
+                         for r in gaps.to_dict(orient="records")],
+    }
+
+
+def _write(out: Path, metrics: dict[str, Any], report: pd.DataFrame,
+           sliced: SliceResult | None) -> list[str]:
+    """metrics.json, classification_report.csv/.json (and slices.csv) in `out`; their paths."""
+    texts = [json.dumps(metrics, indent=2), report.to_csv(index=False),
+             json.dumps(report_to_dict(report), indent=2, default=float)]
+    names = list(EVALUATION_FILES)
+    if sliced is not None:
+        texts.append(sliced.long().to_csv(index=False))
+        names.append(SLICES_FILE)
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in zip(EVALUATION_FILES, texts, strict=True):
+    for name, text in zip(names, texts, strict=True):
         atomic_write(out / name, text if text.endswith("\n") else text + "\n")
-    return [str(out / n) for n in EVALUATION_FILES]
+    return [str(out / n) for n in names]
 
 
 # -- the study's own splits, at export -------------------------------------------------------
@@ -122,10 +187,11 @@ def majority_classes(train_labels: np.ndarray) -> np.ndarray:
     return (np.asarray(train_labels, dtype=np.float64).mean(0) > 0.5).astype(np.int64)
 
 
-def baseline_metrics(majority: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+def baseline_metrics(majority: np.ndarray, targets: np.ndarray,
+                     attributes: Sequence[str] | None = None) -> dict[str, float]:
     """The metrics of always answering `majority` (a constant predictor one could ship)."""
     constant = np.broadcast_to(np.asarray(majority, dtype=np.float64), np.shape(targets))
-    return _floats(compute_metrics(constant, targets, thresholds=0.5))
+    return _floats(compute_metrics(constant, targets, thresholds=0.5, attributes=attributes))
 
 
 @dataclass
@@ -139,6 +205,7 @@ class SplitEvaluation:
     report: pd.DataFrame
     n_images: int
     batch: torch.Tensor  # (<=8, 3, S, S) normalized images: real inputs to check formats
+    slices: SliceResult | None = None  # at the checkpoint's thresholds; None: [study] slices off
 
 
 def evaluate_splits(model: torch.nn.Module, payload: dict[str, Any], device: torch.device,
@@ -178,19 +245,29 @@ def _evaluate_one(model: torch.nn.Module, split: SplitData, cfg: StudyConfig,
     x, _ = next(iter(loader))  # (B, 3, S, S)
     return score_split(split.name, np.asarray(result.probs), np.asarray(result.targets),
                        attributes, thresholds, majority, loss=float(result.loss),
-                       batch=x[:8].detach().float().cpu())
+                       batch=x[:8].detach().float().cpu(), slices=cfg.study.slices)
 
 
 def score_split(split: str, probs: np.ndarray, targets: np.ndarray, attributes: list[str],
                 thresholds: np.ndarray, majority: np.ndarray, loss: float,
-                batch: torch.Tensor) -> SplitEvaluation:
+                batch: torch.Tensor, slices: Sequence[str] = ()) -> SplitEvaluation:
     """One split's (N, 40) probabilities scored at `thresholds` ("tuned"), at 0.5 and against
     the constant `majority` ("baseline"); the report gains majority_class and
-    accuracy_baseline columns."""
+    accuracy_baseline columns. With `slices` (attribute names), also the slice metrics at
+    `thresholds`, and worst_group_acc in each scoring's metrics."""
     scores, report = score(probs, targets, attributes, thresholds)
     report["majority_class"] = majority
     report["accuracy_baseline"] = ((np.asarray(targets) > 0.5) == majority[None, :]).mean(0)
-    metrics = {"loss": loss, **scores, "baseline": baseline_metrics(majority, targets)}
+    metrics = {"loss": loss, **scores,
+               "baseline": baseline_metrics(majority, targets, attributes)}
+    sliced = None
+    if slices:
+        idx = resolve_slices(slices, attributes)
+        sliced = slice_metrics(probs, targets, attributes, slices, thresholds)
+        constant = np.broadcast_to(np.asarray(majority, dtype=np.float64), np.shape(targets))
+        metrics["tuned"]["worst_group_acc"] = sliced.worst_group_acc
+        metrics[HALF]["worst_group_acc"] = worst_group_acc(probs, targets, idx, 0.5)
+        metrics["baseline"]["worst_group_acc"] = worst_group_acc(constant, targets, idx, 0.5)
     return SplitEvaluation(split=split, metrics=metrics, report=report,
-                           n_images=len(probs), batch=batch)
+                           n_images=len(probs), batch=batch, slices=sliced)
 

@@ -1,4 +1,5 @@
-"""Matplotlib figures logged to MLflow: a trial's training curves, the study's F1 heatmap.
+"""Matplotlib figures logged to MLflow: a trial's training curves, the study's F1 heatmap, a
+multi-objective study's Pareto plot.
 
 Figures are built with `matplotlib.figure.Figure` (no pyplot), so no global backend or
 figure registry is touched and nothing leaks between trials or threads. Matplotlib is imported
@@ -17,7 +18,7 @@ import optuna
 from celebhpo.tracking.names import trial_run_name
 
 __all__ = ["f1_heatmap", "f1_heatmap_from_study", "optuna_png", "optuna_report_html",
-           "training_curves"]
+           "pareto_plot", "training_curves"]
 
 
 def training_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
@@ -67,6 +68,60 @@ def f1_heatmap(f1: np.ndarray, attributes: list[str], trial_labels: list[str],
     ax.set_xticks(range(len(trial_labels)), trial_labels, rotation=90, fontsize=7)
     ax.set(xlabel="trial", title=title)
     fig.colorbar(image, ax=ax, label="F1")
+    fig.savefig(path, dpi=100)
+    return Path(path)
+
+
+def pareto_plot(points: list[dict[str, Any]], metrics: tuple[str, str],
+                directions: tuple[str, str], path: str | Path, title: str, *,
+                front: list[int]) -> Path:
+    """Every completed trial as a dot (x = metrics[1], e.g. latency, y = metrics[0], e.g.
+    accuracy), the non-dominated ones (`front`, indices into `points`) highlighted, joined by a
+    step line and labelled "#number label"; infeasible points hollow and grey. A point is
+    {"number": int, "values": [v0, v1], "label": str (optional), "feasible": bool (optional)}.
+    """
+    from matplotlib.figure import Figure  # late: start-up cost, see the module docstring
+
+    if not points:
+        raise ValueError("no completed trials to plot")
+    if any(len(p["values"]) != 2 for p in points) or len(metrics) != 2:
+        raise ValueError("a Pareto plot needs exactly two metrics, and two values per point")
+    if len(directions) != 2 or not set(directions) <= {"minimize", "maximize"}:
+        raise ValueError(f"directions must be two of 'minimize'/'maximize', got {directions!r}")
+    if any(not 0 <= i < len(points) for i in front):
+        raise ValueError(f"front indices {front} out of range for {len(points)} points")
+    xs = np.array([float(p["values"][1]) for p in points])
+    ys = np.array([float(p["values"][0]) for p in points])
+    feasible = np.array([p.get("feasible", True) is not False for p in points])
+    on_front = np.zeros(len(points), dtype=bool)
+    on_front[list(front)] = True
+    fig = Figure(figsize=(8, 5.5), layout="constrained")
+    ax = fig.subplots()
+    groups = {  # label: (mask, style); an empty group is drawn without a legend entry
+        "trial": (~on_front & feasible, {"s": 28, "color": "tab:blue", "alpha": 0.6}),
+        "infeasible": (~on_front & ~feasible, {"s": 28, "facecolors": "none",
+                                               "edgecolors": "grey"}),
+        "Pareto front": (on_front & feasible, {"s": 70, "color": "tab:red", "zorder": 3}),
+        "Pareto front (infeasible)": (on_front & ~feasible, {
+            "s": 70, "facecolors": "none", "edgecolors": "tab:red", "zorder": 3}),
+    }
+    for label, (mask, style) in groups.items():
+        ax.scatter(xs[mask], ys[mask], label=label if mask.any() else "_", **style)
+    # the staircase bounds what the front attains: a minimized x holds each y until the next
+    # point (post); a maximized x reaches each y from the previous one (pre)
+    order = sorted(front, key=lambda i: (xs[i], ys[i]))
+    ax.step(xs[order], ys[order], where="post" if directions[1] == "minimize" else "pre",
+            color="tab:red", alpha=0.7, zorder=2)
+    for i in order:
+        text = f"#{points[i]['number']}" + (f" {points[i]['label']}" if points[i].get("label")
+                                            else "")
+        ax.annotate(text, (xs[i], ys[i]), xytext=(5, 5), textcoords="offset points", fontsize=8)
+    better = {"minimize": "lower is better", "maximize": "higher is better"}
+    ax.set(xlabel=f"{metrics[1]} ({better[directions[1]]})",
+           ylabel=f"{metrics[0]} ({better[directions[0]]})", title=title)
+    ax.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
     fig.savefig(path, dpi=100)
     return Path(path)
 

@@ -9,6 +9,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pandas as pd
@@ -79,8 +80,11 @@ def _with_runs(board: pd.DataFrame, study: optuna.Study) -> pd.DataFrame:
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The best COMPLETE trial by the study's direction (None: none yet)."""
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    """The best COMPLETE trial that meets the study's constraints, by the study's direction
+    (None: none yet)."""
+    complete = [t for t in study.get_trials(deepcopy=False,
+                                            states=(optuna.trial.TrialState.COMPLETE,))
+                if all(v <= 0 for v in t.constraints.values())]
     if not complete:
         return None
     pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
@@ -92,7 +96,7 @@ _PLOTS = {"optimization_history": "Optimization history",
           "parallel_coordinate": "Parallel coordinates",
           "param_importances": "Parameter importances",
           "intermediate_values": "Intermediate values (per epoch)"}
-_SUMMARY = {f"{k}.png" for k in _PLOTS} | {"report.html"}
+_SUMMARY = {f"{k}.png" for k in _PLOTS} | {"report.html", "pareto_front.png"}
 
 
 def _parent_plots(study: optuna.Study) -> list[tuple[str, Callable[[Path], None]]]:
@@ -102,12 +106,35 @@ def _parent_plots(study: optuna.Study) -> list[tuple[str, Callable[[Path], None]
     out: list[tuple[str, Callable[[Path], None]]] = [
         ("f1_by_attribute.png", lambda path: plots.f1_heatmap_from_study(study, path)),
     ]
+    if len(study.directions) == 2:
+        out.append(("pareto_front.png", lambda path: _pareto_png(study, path)))
     for kind in kinds:
         out.append((f"{kind}.png", lambda path, k=kind: plots.optuna_png(study, k, path)))
     if kinds:
         out.append(("report.html", lambda path: plots.optuna_report_html(
             study, {k: _PLOTS[k] for k in kinds}, path)))
     return out
+
+
+def _pareto_png(study: optuna.Study, path: Path) -> None:
+    """A two-metric study's trials, its front (Optuna's, feasible trials only) marked."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    names = ((study.user_attrs.get("config") or {}).get("study") or {}).get("objectives")
+    on_front = {t.number for t in study.best_trials}
+    points = [{"number": t.number, "values": list(t.values), "label": _short(t.params),
+               "feasible": all(v <= 0 for v in t.constraints.values())} for t in complete]
+    plots.pareto_plot(points, tuple(names or ("value 0", "value 1")),
+                      tuple(d.name.lower() for d in study.directions), path,
+                      f"{study.study_name}: Pareto front",
+                      front=[i for i, t in enumerate(complete) if t.number in on_front])
+
+
+def _short(params: dict[str, Any]) -> str:
+    """`resnet18 32px`: the architecture and image size of a trial, when searched."""
+    parts = [str(params["arch"])] if "arch" in params else []
+    if "data.image_size" in params:
+        parts.append(f"{params['data.image_size']}px")
+    return " ".join(parts)
 
 
 def _plot_kinds(study: optuna.Study) -> list[str]:

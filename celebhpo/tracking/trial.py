@@ -32,12 +32,13 @@ from celebhpo.tracking.metadata import (
 )
 from celebhpo.tracking.names import trial_run_name
 
-__all__ = ["BEST_PREFIX", "RUN_STATUS", "TrialRun", "f1_by_attribute", "flatten_config", "start_trial",
+__all__ = ["BEST_PREFIX", "RUN_STATUS", "SLICE_PREFIX", "TrialRun", "f1_by_attribute", "flatten_config", "start_trial",
            "trial_run_name"]
 
 log = logging.getLogger(__name__)
 
 BEST_PREFIX = "best/"  # a trial's best-epoch metrics, and the parent's copy of the best trial's
+SLICE_PREFIX = "slice/"  # a trial's subgroup metrics (validation, best epoch, tuned thresholds)
 # Optuna state -> MLflow run status
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 _PARAM_CHARS = 6000  # MLflow's limit on a param value
@@ -135,7 +136,9 @@ class TrialRun:
                    ) -> dict[str, Any]:
         """The finished trial: best-epoch metrics (`best/*`: MLflow's chart view puts them in a
         section of their own, apart from the per-epoch curves), classification_report.csv/.json,
-        thresholds.json, curves.png, config.json and (if `log_checkpoint`) model.pt.
+        thresholds.json, curves.png, config.json and (if `log_checkpoint`) model.pt; with
+        `result.slices` (training.slices, at the tuned thresholds) also `slice/*` metrics and
+        slices.csv.
 
         `result` is a train.FitResult. Returns {"f1_by_attribute": {attribute: F1}} for the
         objective to store as a trial user attr (the parent's heatmap reads it)."""
@@ -144,6 +147,9 @@ class TrialRun:
                 for k, v in result.best_metrics.items()
                 if isinstance(v, int | float) and not isinstance(v, bool) and k != "epoch"]
         best.append(Metric(f"{BEST_PREFIX}epoch", float(result.best_epoch), now, 0))
+        slices = result.slices
+        if slices is not None:
+            best += [Metric(k, float(v), now, 0) for k, v in slices.metrics(SLICE_PREFIX).items()]
         self.tracker.log_batch(self.run_id, metrics=best)
 
         report = result.report
@@ -158,6 +164,9 @@ class TrialRun:
             (out / "config.json").write_text(mask_url(json.dumps(config, indent=2, default=str)))
             files = ["classification_report.csv", "classification_report.json",
                      "thresholds.json", "config.json"]
+            if slices is not None:
+                slices.long().to_csv(out / "slices.csv", index=False)
+                files.append("slices.csv")
             try:
                 plots.training_curves(result.history, out / "curves.png",
                                       title=f"trial {self.trial_number}")

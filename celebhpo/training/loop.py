@@ -37,9 +37,10 @@ from celebhpo.training.amp import enable_fast_fp32, resolve_amp
 from celebhpo.training.checkpoint import FORMAT, VERSION, save_checkpoint
 from celebhpo.training.devices import resolve_device
 from celebhpo.training.epoch import Callback, EpochStats, EvalOutput, evaluate, train_one_epoch
-from celebhpo.training.metrics import compute_metrics, per_class_report, tune_thresholds
+from celebhpo.training.metrics import better_row, compute_metrics, per_class_report, tune_thresholds
 from celebhpo.training.optim import class_weights, make_loss, make_optimizer, make_scheduler
 from celebhpo.training.resume import BestEpoch, capture_state, data_shape, restore_state
+from celebhpo.training.slices import SliceResult, resolve_slices, slice_metrics, worst_group_acc
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -74,6 +75,7 @@ class FitResult:
     stopped_early: bool
     device: str
     resumed_from: int = 0  # the resume state's epoch; 0 when the run started from scratch
+    slices: SliceResult | None = None  # validation, best epoch, tuned thresholds; None: off
 
 
 @dataclass
@@ -94,6 +96,8 @@ class _Run:
     std: tuple[float, ...]
     info: dict[str, Any]  # what Callback.on_fit_start gets
     shape: dict[str, int]  # data_shape(data): what a resume state checks
+    slices: list[int]  # the [study] slices' attribute columns ([] = off)
+    attributes: list[str]
 
 
 def fit(cfg: StudyConfig, data: DataBundle, callbacks: Iterable[Callback] = (),
@@ -113,8 +117,9 @@ def fit(cfg: StudyConfig, data: DataBundle, callbacks: Iterable[Callback] = (),
 
     History rows: epoch, train_loss, val_loss (plain BCE, whatever the training loss is
     weighted with), val_loss_weighted (only when it is weighted), val_mean_acc,
-    val_balanced_acc, val_map (at 0.5), lr, epoch_seconds, images_per_s (training images per
-    second of the training phase).
+    val_balanced_acc, val_map, val_mean_acc_reliable (training.metrics), val_worst_group_acc
+    (only with [study] slices; training.slices) (all at 0.5), lr, epoch_seconds, images_per_s
+    (training images per second of the training phase).
     Raises TrainingError on a NaN/inf loss; callback exceptions propagate unchanged.
     """
     callbacks = list(callbacks)
@@ -129,7 +134,7 @@ def fit(cfg: StudyConfig, data: DataBundle, callbacks: Iterable[Callback] = (),
     # the epochs: train, validate, keep the best, report (callbacks may stop the run)
     history, best, stopped_early = _epochs(cfg, run, callbacks, done, on_state)
     # after training: thresholds and per-class report at the best epoch, then the checkpoint
-    thresholds, report, best_metrics = _tune(cfg.train, data.attributes, best)
+    thresholds, report, best_metrics, slices = _tune(cfg.train, run, best)
     saved: Path | None = None
     if checkpoint_path is not None:
         saved = save_checkpoint(checkpoint_path, {
@@ -144,7 +149,7 @@ def fit(cfg: StudyConfig, data: DataBundle, callbacks: Iterable[Callback] = (),
     return FitResult(history=history, best_epoch=int(best.row["epoch"]),
                      best_metrics=best_metrics, report=report, thresholds=thresholds,
                      checkpoint_path=saved, stopped_early=stopped_early, device=str(run.device),
-                     resumed_from=len(done[0]) if done else 0)
+                     resumed_from=len(done[0]) if done else 0, slices=slices)
 
 
 def _setup(cfg: StudyConfig, data: DataBundle) -> _Run:
@@ -153,6 +158,8 @@ def _setup(cfg: StudyConfig, data: DataBundle) -> _Run:
         if split not in data.splits or len(data.splits[split].labels) == 0:
             raise DataError(f"{data.root}: fit needs a non-empty {split} split")
     train, val = data.splits["train"], data.splits["val"]
+    # a missing slice attribute fails before any work
+    slices = resolve_slices(cfg.study.slices, data.attributes)
     torch.manual_seed(tc.seed)  # model init and dropout; the loaders have their own seeds
     np.random.seed(tc.seed % 2**32)
     device = resolve_device(tc.device)
@@ -190,7 +197,7 @@ def _setup(cfg: StudyConfig, data: DataBundle) -> _Run:
     return _Run(device=device, amp=amp, model=model, run_model=run_model, loss_fn=loss_fn,
                 weighted=tc.class_weighting != "none", optimizer=optimizer, scheduler=scheduler,
                 train_loader=train_loader, val_loader=val_loader, mean=mean, std=std, info=info,
-                shape=data_shape(data))
+                shape=data_shape(data), slices=slices, attributes=list(data.attributes))
 
 
 def _epochs(cfg: StudyConfig, run: _Run, callbacks: Sequence[Callback],
@@ -200,7 +207,7 @@ def _epochs(cfg: StudyConfig, run: _Run, callbacks: Sequence[Callback],
     """Run the epochs after those `done` (a resumed run's); returns (history, the best epoch,
     whether it stopped early)."""
     tc = cfg.train
-    better = _better(cfg.study.metric, cfg.study.resolved_direction())
+    better = better_row(cfg.study.metric, cfg.study.resolved_direction())
     history, best = (list(done[0]), done[1]) if done else ([], None)
     for epoch in range(len(history) + 1, tc.epochs + 1):
         # early stopping on the study's metric, after the previous epoch
@@ -241,28 +248,17 @@ def _one_epoch(tc: TrainConfig, run: _Run, epoch: int, callbacks: Sequence[Callb
     out = evaluate(run.run_model, run.val_loader, amp=False,  # fp32: see training.amp
                    weighted_loss_fn=run.loss_fn if run.weighted else None)
     _check_finite(tc, epoch, lr, out=out)
-    m = compute_metrics(out.probs, out.targets)
+    m = compute_metrics(out.probs, out.targets, attributes=run.attributes)
     row = {"epoch": epoch, "train_loss": stats.loss, "val_loss": out.loss,
            "val_mean_acc": m["mean_acc"], "val_balanced_acc": m["balanced_acc"],
-           "val_map": m["map"], "lr": lr, "epoch_seconds": time.perf_counter() - started,
+           "val_map": m["map"], "val_mean_acc_reliable": m["mean_acc_reliable"], "lr": lr,
+           "epoch_seconds": time.perf_counter() - started,
            "images_per_s": stats.images / max(stats.seconds, 1e-9)}
+    if run.slices:
+        row["val_worst_group_acc"] = worst_group_acc(out.probs, out.targets, run.slices)
     if out.weighted_loss is not None:
         row["val_loss_weighted"] = out.weighted_loss
     return row, m, out
-
-
-def _better(metric: str, direction: str) -> Callable[[dict[str, Any], dict[str, Any]], bool]:
-    """Whether history row `a` beats row `b` on `metric` (strictly: a tie keeps the earlier
-    epoch). A NaN value (mAP of a split with no positive) never beats a number."""
-    sign = -1.0 if direction == "minimize" else 1.0
-
-    def better(a: dict[str, Any], b: dict[str, Any]) -> bool:
-        va, vb = float(a[metric]), float(b[metric])
-        if math.isnan(va):
-            return False
-        return math.isnan(vb) or sign * va > sign * vb
-
-    return better
 
 
 def _check_finite(tc: TrainConfig, epoch: int, lr: float, *, stats: EpochStats | None = None,
@@ -282,16 +278,22 @@ def _check_finite(tc: TrainConfig, epoch: int, lr: float, *, stats: EpochStats |
         )
 
 
-def _tune(tc: TrainConfig, attributes: Sequence[str], best: BestEpoch
-          ) -> tuple[np.ndarray, pd.DataFrame, dict[str, float]]:
-    """Thresholds tuned on validation at the best epoch, the per-class report at them, and the
-    best epoch's metrics (its history row, its metrics at 0.5, the tuned headline ones)."""
-    out = best.out
+def _tune(tc: TrainConfig, run: _Run, best: BestEpoch
+          ) -> tuple[np.ndarray, pd.DataFrame, dict[str, float], SliceResult | None]:
+    """Thresholds tuned on validation at the best epoch, the per-class report at them, the
+    best epoch's metrics (its history row, its metrics at 0.5, the tuned headline ones) and
+    its slice metrics at the tuned thresholds (None when [study] slices is off)."""
+    out, attributes = best.out, run.attributes
     thresholds = tune_thresholds(out.probs, out.targets, metric=tc.threshold_metric)
-    report = per_class_report(out.probs, out.targets, list(attributes), thresholds)
-    tuned = compute_metrics(out.probs, out.targets, thresholds=thresholds)
+    report = per_class_report(out.probs, out.targets, attributes, thresholds)
+    tuned = compute_metrics(out.probs, out.targets, thresholds=thresholds, attributes=attributes)
     best_metrics: dict[str, float] = {k: float(v) for k, v in best.row.items()}
     best_metrics.update({f"val_{k}": float(v) for k, v in best.metrics.items()})
-    best_metrics.update({f"val_tuned_{k}": float(tuned[k])
-                         for k in ("mean_acc", "balanced_acc", "micro_f1", "macro_f1")})
-    return thresholds, report, best_metrics
+    best_metrics.update({f"val_tuned_{k}": float(tuned[k]) for k in (
+        "mean_acc", "mean_acc_reliable", "balanced_acc", "micro_f1", "macro_f1")})
+    slices = None
+    if run.slices:
+        slices = slice_metrics(out.probs, out.targets, attributes,
+                               [attributes[j] for j in run.slices], thresholds)
+        best_metrics["val_tuned_worst_group_acc"] = slices.worst_group_acc
+    return thresholds, report, best_metrics, slices

@@ -13,12 +13,18 @@ attributes that have at least one positive (NaN if none has). Precision/recall/F
 in the split (sklearn's `balanced_accuracy_score`), so it is plain accuracy for an attribute
 whose targets are all one value.
 
+`mean_acc_reliable` (when the attribute names are given) is the mean accuracy over the
+attributes whose labels a published re-annotation found trustworthy (celebhpo.data.quality:
+until its list of reliable attributes is confirmed, all attributes except the noisy ones); the
+per-class report's `label_quality` column says reliable / noisy / unrated per attribute.
+
 Imports no optuna/mlflow.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,10 +35,14 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from celebhpo.data.quality import label_quality, reliable_mask
+
 __all__ = [
     "THRESHOLD_METRICS",
     "average_precisions",
+    "better_row",
     "compute_metrics",
+    "mean_acc_over",
     "per_class_report",
     "predict",
     "tune_thresholds",
@@ -76,9 +86,11 @@ def average_precisions(probs: Any, targets: Any) -> np.ndarray:
     return out
 
 
-def compute_metrics(probs: Any, targets: Any, thresholds: float | Any = 0.5) -> dict[str, float]:
+def compute_metrics(probs: Any, targets: Any, thresholds: float | Any = 0.5,
+                    attributes: Sequence[str] | None = None) -> dict[str, float]:
     """Whole-split metrics: mean_acc, balanced_acc, map and micro/macro/weighted
-    precision/recall/f1 (keys like `macro_f1`)."""
+    precision/recall/f1 (keys like `macro_f1`); with the `attributes`' names also
+    mean_acc_reliable (NaN when none of them counts, see the module docstring)."""
     p, t = _as_arrays(probs, targets)
     pred = predict(p, thresholds)
     if p.shape[0] == 0:
@@ -95,6 +107,8 @@ def compute_metrics(probs: Any, targets: Any, thresholds: float | Any = 0.5) -> 
     ap = average_precisions(p, t)
     out = {
         "mean_acc": float(correct.mean(0).mean()),
+        **({} if attributes is None else {"mean_acc_reliable": mean_acc_over(
+            correct, reliable_mask(attributes))}),
         "balanced_acc": float(balanced.mean()),
         "map": float(np.nanmean(ap)) if np.isfinite(ap).any() else math.nan,
     }
@@ -111,6 +125,27 @@ def compute_metrics(probs: Any, targets: Any, thresholds: float | Any = 0.5) -> 
         out[f"{avg}_recall"] = float(rec)
         out[f"{avg}_f1"] = float(f1)
     return out
+
+
+def mean_acc_over(correct: np.ndarray, mask: np.ndarray) -> float:
+    """Mean over the attributes in `mask` of (N, A) 0/1 `correct`'s per-attribute accuracy."""
+    if len(mask) != correct.shape[1]:
+        raise ValueError(f"{len(mask)} attribute names for {correct.shape[1]} columns")
+    return float(correct[:, mask].mean(0).mean()) if mask.any() else math.nan
+
+
+def better_row(metric: str, direction: str) -> Callable[[dict[str, Any], dict[str, Any]], bool]:
+    """Whether history row `a` beats row `b` on `metric` (strictly: a tie keeps the earlier
+    epoch). A NaN value (mAP of a split with no positive) never beats a number."""
+    sign = -1.0 if direction == "minimize" else 1.0
+
+    def better(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        va, vb = float(a[metric]), float(b[metric])
+        if math.isnan(va):
+            return False
+        return math.isnan(vb) or sign * va > sign * vb
+
+    return better
 
 
 THRESHOLD_METRICS = ("accuracy", "f1", "balanced_accuracy", "none")
@@ -195,7 +230,8 @@ def per_class_report(probs: Any, targets: Any, attributes: list[str],
                      thresholds: float | Any = 0.5) -> pd.DataFrame:
     """One row per attribute (sklearn `classification_report`, positive class):
 
-    attribute, support (positives), positive_rate, ap, precision/recall/f1/accuracy at 0.5,
+    attribute, label_quality (reliable/noisy/unrated: celebhpo.data.quality), support
+    (positives), positive_rate, ap, precision/recall/f1/accuracy at 0.5,
     threshold (the given per-attribute thresholds), precision_tuned/recall_tuned/f1_tuned/
     accuracy_tuned at those thresholds.
     """
@@ -209,6 +245,7 @@ def per_class_report(probs: Any, targets: Any, attributes: list[str],
     tuned = _sklearn_report(t, pred_tuned, attributes)
     df = pd.DataFrame({
         "attribute": attributes,
+        "label_quality": [label_quality(a) for a in attributes],
         "support": at_half["support"],
         "positive_rate": t.mean(0) if len(t) else np.nan,
         "ap": average_precisions(p, t),

@@ -174,7 +174,8 @@ def test_unknown_study_is_a_study_error(tmp_path):
     assert not (tmp_path / "best").exists()
 
 
-def _card(attributes: list[str], seed: int = 0, secret: str = SECRET) -> tuple[str, dict, dict]:
+def _card(attributes: list[str], seed: int = 0, secret: str = SECRET,
+          slices: tuple[str, ...] = ()) -> tuple[str, dict, dict]:
     """A model card from real scoring of random probabilities: (markdown, card, inputs)."""
     rng = np.random.default_rng(seed)
     n_attr = len(attributes)
@@ -187,7 +188,7 @@ def _card(attributes: list[str], seed: int = 0, secret: str = SECRET) -> tuple[s
         probs = (0.3 * targets + 0.7 * rng.random(targets.shape)).astype(np.float32)
         splits[split] = (probs, targets)
     evaluations = {s: score_split(s, p, t, attributes, thresholds, majority, loss=0.25 + k,
-                                  batch=torch.zeros(1, 3, 4, 4))
+                                  batch=torch.zeros(1, 3, 4, 4), slices=slices)
                    for k, (s, (p, t)) in enumerate(splits.items())}
     study = _study_with([("COMPLETE", 0.31)], "minimize")
     payload = {
@@ -261,13 +262,47 @@ def test_model_card_scores_val_and_test_at_both_thresholds_and_the_baseline():
             f"{mean['test']['tuned']['mean_acc']:.4f} | {mean['test']['0.5']['mean_acc']:.4f} | "
             f"{mean['test']['baseline']['mean_acc']:.4f} |") in md
     assert "| loss (BCE, unweighted) | 0.2500 | 1.2500 |" in md
-    assert ("| attribute | threshold (tuned) | val acc, tuned | val acc, 0.5 | test acc, tuned | "
-            "test acc, 0.5 | test acc, baseline | test positive rate |") in md
+    assert ("| attribute | labels | threshold (tuned) | val acc, tuned | val acc, 0.5 | "
+            "test acc, tuned | test acc, 0.5 | test acc, baseline | test positive rate |") in md
     r = rows["Male"]
-    assert (f"| Male | {r['threshold']:.4f} | {r['val_acc_tuned']:.4f} | {r['val_acc_0.5']:.4f} "
+    assert (f"| Male | unrated | {r['threshold']:.4f} | {r['val_acc_tuned']:.4f} | {r['val_acc_0.5']:.4f} "
             f"| {r['test_acc_tuned']:.4f} | {r['test_acc_0.5']:.4f} | "
             f"{r['test_acc_baseline']:.4f} | {r['test_positive_rate']:.4f} |") in md
     assert "tuned on validation for accuracy" in md
+
+
+def test_model_card_flags_noisy_attributes_and_shows_the_slices():
+    from celebhpo.data.quality import QUALITY_SOURCE
+    from celebhpo.training.slices import slice_metrics
+
+    attributes = ["Eyeglasses", "Male", "Oval_Face", "Smiling", "Young"]
+    md, card, given = _card(attributes, seed=5, slices=("Male", "Young"))
+    rows = {r["attribute"]: r for r in card["per_attribute"]}
+    assert rows["Oval_Face"]["labels"] == "noisy" and rows["Smiling"]["labels"] != "noisy"
+    assert "| Oval_Face | **noisy** |" in md and QUALITY_SOURCE in md
+    assert card["label_quality"]["noisy"] == ["Oval_Face"]
+    for split, (probs, targets) in given["splits"].items():
+        m = card["metrics"][split]
+        keep = [j for j, a in enumerate(attributes) if a != "Oval_Face"]  # unconfirmed list
+        correct = (probs > given["thresholds"]) == (targets > 0.5)
+        assert m["tuned"]["mean_acc_reliable"] == pytest.approx(correct[:, keep].mean())
+        expect = slice_metrics(probs, targets, attributes, ["Male", "Young"],
+                               given["thresholds"])
+        sl = card["slices"][split]
+        assert sl["worst_group_acc"] == pytest.approx(expect.worst_group_acc)
+        assert m["tuned"]["worst_group_acc"] == pytest.approx(expect.worst_group_acc)
+        assert [g["n"] for g in sl["groups"]] == list(expect.groups["n"])
+        top = expect.attributes.sort_values("gap", ascending=False)["attribute"].iloc[0]
+        assert sl["largest_gaps"][0]["attribute"] == top
+    assert (f"| reliable | {card['metrics']['val']['tuned']['mean_acc_reliable']:.4f} |") in md
+    assert "## Subgroups" in md and "true Male x Young labels" in md
+    g = card["slices"]["test"]["groups"][2]
+    assert f"| {g['group']} |" in md and g["group"] == "Male=1,Young=0"
+    assert f"test {card['slices']['test']['worst_group']} (" in md
+    # a study without slices: no subgroup section, and the card says nothing of groups
+    md_off, card_off, _ = _card(attributes, seed=5)
+    assert card_off["slices"] == {} and "## Subgroups" not in md_off
+    assert "worst_group_acc" not in card_off["metrics"]["test"]["tuned"]
 
 
 # -- end to end: a tiny real study, exported ---------------------------------------------------
@@ -296,6 +331,7 @@ def _independent_scores(out: Path) -> dict[str, dict]:
     from celebhpo.config import StudyConfig
     from celebhpo.data import load_data, normalize, read_celeba, select_split
     from celebhpo.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from celebhpo.training.slices import slice_metrics
 
     ckpt = load_checkpoint(out / "model.pt")
     cfg = StudyConfig.from_dict(ckpt["config"], source="test")
@@ -323,6 +359,8 @@ def _independent_scores(out: Path) -> dict[str, dict]:
             "0.5": [accuracy_score(y[:, j], p[:, j] > 0.5) for j in range(40)],
             "baseline": [accuracy_score(y[:, j], np.full(len(y), majority[j]))
                          for j in range(40)],
+            "worst_group_acc": slice_metrics(p, y, data.attributes, ["Male", "Young"],
+                                             th).worst_group_acc,
         }
     return got
 
@@ -376,6 +414,9 @@ def test_export_best_end_to_end(tmp_path, synth_root):
         assert m["loss"] == pytest.approx(mine[split]["loss"], rel=1e-5)
         assert abs(m["loss"] - mine[split]["weighted_loss"]) > 1e-3  # not the training loss
         assert ckpt[f"{split}_metrics"]["loss"] == m["loss"]
+        # the default [study] slices, at the tuned thresholds
+        assert card["slices"][split]["worst_group_acc"] == pytest.approx(
+            mine[split]["worst_group_acc"], abs=1e-9)
     assert (f"test mean accuracy {np.mean(mine['test']['tuned']):.3f} (tuned thresholds) / "
             f"{np.mean(mine['test']['0.5']):.3f} (0.5) vs "
             f"{np.mean(mine['test']['baseline']):.3f} majority baseline") in summary

@@ -334,8 +334,9 @@ def test_evaluate_at_a_chosen_threshold(trained, predictor, tmp_path):
     targets = targets.to_numpy().astype(np.float32)
     assert metrics["threshold"] == "0.3" and "tuned" not in metrics
     for label, cut in (("0.3", 0.3), ("0.5", 0.5)):
-        mine = compute_metrics(probs, targets, thresholds=cut)
-        assert metrics[label] == pytest.approx(mine, abs=1e-6), label
+        mine = compute_metrics(probs, targets, thresholds=cut, attributes=predictor.attributes)
+        got = {k: v for k, v in metrics[label].items() if k != "worst_group_acc"}
+        assert got == pytest.approx(mine, abs=1e-6), label
     assert metrics["0.3"]["mean_acc"] != metrics["0.5"]["mean_acc"]
     assert "accuracy_at_0.3" in report.columns and "accuracy_tuned" not in report.columns
     np.testing.assert_allclose(report["accuracy_at_0.3"], ((probs > 0.3) == targets).mean(0))
@@ -345,6 +346,46 @@ def test_evaluate_at_a_chosen_threshold(trained, predictor, tmp_path):
     # a bad value fails first, before the folder is read
     with pytest.raises(CelebhpoError, match="threshold 'high' is not valid: use tuned, 0.5"):
         evaluate(predictor, tmp_path / "nowhere", threshold="high", progress=False)
+
+
+def test_evaluate_slices_default_from_the_checkpoint_chosen_or_off(trained, predictor, tmp_path):
+    from celebhpo.errors import ConfigError
+    from celebhpo.training.slices import slice_metrics
+
+    files = trained["test_files"]
+    probs = predict(predictor, files, progress=False).probs
+    targets = trained["test_labels"].loc[[f.name for f in files], predictor.attributes]
+    targets = targets.to_numpy().astype(np.float32)
+
+    # default: the checkpoint's [study] slices (Male x Young), at the tuned thresholds
+    metrics, report = evaluate(predictor, trained["root"], split="test", out_dir=tmp_path / "ev",
+                          progress=False)
+    expect = slice_metrics(probs, targets, predictor.attributes, ["Male", "Young"],
+                           predictor.thresholds)
+    assert metrics["slices"]["slices"] == ["Male", "Young"]
+    assert metrics["tuned"]["worst_group_acc"] == pytest.approx(expect.worst_group_acc, abs=1e-6)
+    assert metrics["slices"]["worst_group"] == expect.worst_group
+    assert [g["n"] for g in metrics["slices"]["groups"]] == list(expect.groups["n"])
+    half = slice_metrics(probs, targets, predictor.attributes, ["Male", "Young"], 0.5)
+    assert metrics["0.5"]["worst_group_acc"] == pytest.approx(half.worst_group_acc, abs=1e-6)
+    written = pd.read_csv(tmp_path / "ev" / "slices.csv")
+    assert len(written) == len(expect.long())
+    assert str(tmp_path / "ev" / "slices.csv") in metrics["written"]
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert saved["slices"]["worst_group_acc"] == pytest.approx(expect.worst_group_acc, abs=1e-6)
+    assert "worst_group_acc" in format_evaluation(metrics, report)
+
+    # chosen: one slice; off: none, and no slices.csv
+    one, _ = evaluate(predictor, trained["root"], split="test", slices=["Smiling"],
+                      progress=False)
+    assert one["slices"]["slices"] == ["Smiling"] and len(one["slices"]["groups"]) == 2
+    off, _ = evaluate(predictor, trained["root"], split="test", out_dir=tmp_path / "off",
+                      slices=[], progress=False)
+    assert "slices" not in off and "worst_group_acc" not in off["tuned"]
+    assert not (tmp_path / "off" / "slices.csv").exists()
+    # a name the model does not predict fails first, naming the option
+    with pytest.raises(ConfigError, match="--slices: 'Beard' is not an attribute"):
+        evaluate(predictor, tmp_path / "nowhere", slices=["Beard"], progress=False)
 
 
 # -- retrieve ----------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from celebhpo.training.metrics import compute_metrics, per_class_report
 
 TIMING = ("epoch_seconds", "images_per_s")
 ROW_KEYS = {"epoch", "train_loss", "val_loss", "val_mean_acc", "val_balanced_acc", "val_map",
-            "lr", *TIMING}
+            "val_mean_acc_reliable", "val_worst_group_acc", "lr", *TIMING}
 
 
 def _bundle(n_train: int = 64, n_val: int = 24, size: int = 16, seed: int = 0) -> DataBundle:

@@ -1,0 +1,74 @@
+"""The command line's shared parts: the group that turns errors into one line, and the
+options several commands take."""
+
+from __future__ import annotations
+
+import errno
+import warnings
+
+import click
+
+from celebhpo.errors import CelebhpoError, mask_url
+
+__all__ = ["CONTEXT", "Group", "backend_option", "device_option", "storage_option",
+           "study_option", "threshold_option", "tracking_option"]
+
+
+class Group(click.Group):
+    """Turns our typed errors, OSErrors and warnings into one clean line each, wherever in the
+    command tree they rise."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            with warnings.catch_warnings():
+                warnings.showwarning = lambda msg, *_, **__: click.echo(f"warning: {msg}", err=True)
+                return super().invoke(ctx)
+        except CelebhpoError as e:
+            raise click.ClickException(mask_url(str(e))) from None
+        except OSError as e:
+            if e.errno == errno.EPIPE:  # `celebhpo ... | head`: click's own handling
+                raise
+            from celebhpo._io import describe_os_error
+
+            raise click.ClickException(mask_url(describe_os_error(e))) from None
+
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def storage_option(f):
+    return click.option("--storage", envvar="CELEBHPO_STORAGE", default=None, metavar="URL",
+                        help="Optuna storage: sqlite:///studies/celebhpo.db (default, one "
+                        "process), a journal file path ending in .log (several processes, one "
+                        "machine) or postgresql+psycopg2://user:pass@host/db (many machines). "
+                        "Env: CELEBHPO_STORAGE.")(f)
+
+
+def tracking_option(f):
+    return click.option("--tracking-uri", default=None, metavar="URI", help="MLflow tracking "
+                        "URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db with "
+                        "artifacts in mlruns/artifacts).")(f)
+
+
+def device_option(f):
+    return click.option("--device", default=None, metavar="DEVICE", help="auto (cuda > mps > "
+                        "cpu), cpu, cuda, cuda:1 or mps; overrides [train] device.")(f)
+
+
+def study_option(f):
+    return click.option("--study", "study_name", default=None, metavar="NAME", help="Study name;"
+                        " may be omitted when the storage holds exactly one study.")(f)
+
+
+def backend_option(f):
+    return click.option("--backend", type=click.Choice(["torch", "torchscript", "onnx"]),
+                        default="torch", show_default=True, help="Run model.pt (torch), "
+                        "model.ts or model.onnx of an exported folder.")(f)
+
+
+def threshold_option(f):
+    return click.option("--threshold", default="tuned", show_default=True,
+                        metavar="tuned|0.5|FLOAT", help="When an attribute counts as present "
+                        "(probability > threshold): tuned (per attribute, tuned on validation "
+                        "and stored in the checkpoint), 0.5, or any number in (0, 1) for every "
+                        "attribute.")(f)

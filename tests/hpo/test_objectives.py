@@ -1,0 +1,129 @@
+"""Studies of several metrics (an accuracy-latency front) and studies with constraints
+(issue 17, parts 3 and 4): real Optuna studies, real MLflow, real tiny trials."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from celebhpo.config import load_study_file
+from celebhpo.errors import DataError, StudyError
+from celebhpo.export import export_best
+from celebhpo.hpo import (
+    create_study,
+    leaderboard,
+    load_study,
+    optimize,
+    pareto_board,
+    require_best_trial,
+)
+from tests.helpers import mlflow_runs, write_study
+
+TS = optuna.trial.TrialState
+
+
+def _run(tmp_path, synth_root, name: str, *, sampler: str, space: str, study_extra: str,
+         trials: int, grid: bool = False) -> tuple[optuna.Study, str, str]:
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    cfg = load_study_file(write_study(tmp_path / f"{name}.toml", synth_root, name=name,
+                                      sampler=sampler, space=space, study_extra=study_extra))
+    create_study(cfg, storage=storage, grid=grid, tracking_uri=uri)
+    optimize(study_name=name, storage=storage, n_trials=trials, tracking_uri=uri,
+             progress=False)
+    return load_study(name, storage)[0], storage, uri
+
+
+def _dominated(a: list[float], b: list[float], directions: list[str]) -> bool:
+    """Whether b dominates a."""
+    sign = [1 if d == "minimize" else -1 for d in directions]
+    at_least = all(s * vb <= s * va for s, va, vb in zip(sign, a, b, strict=True))
+    return at_least and any(s * vb < s * va for s, va, vb in zip(sign, a, b, strict=True))
+
+
+def test_a_two_metric_study_runs_tpe_unpruned_and_shows_only_its_front(tmp_path, synth_root):
+    study, storage, uri = _run(
+        tmp_path, synth_root, "front", sampler="tpe", trials=4,
+        space="data.image_size = [16, 24]\nnum_features = [8, 64]\nlr = [0.003, 0.03]",
+        study_extra='metric = ["val_mean_acc", "latency_ms"]')
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert isinstance(study.sampler, optuna.samplers.TPESampler)
+    trials = study.get_trials(states=(TS.COMPLETE,))
+    assert len(trials) == 4
+    assert all(not t.intermediate_values for t in trials)  # nothing reported: no pruning
+    dirs = ["maximize", "minimize"]
+    expected = {t.number for t in trials
+                if not any(_dominated(t.values, o.values, dirs) for o in trials if o is not t)}
+    board = pareto_board(study)
+    assert set(board["trial"]) == expected
+    assert {"val_mean_acc", "latency_ms", "pareto"} <= set(board.columns)
+    runs = mlflow_runs(uri, "front")
+    assert all(r.data.metrics["latency_ms"] > 0 and r.data.metrics["params_m"] > 0
+               for r in runs.values())
+    # a latency is the size it was trained at
+    assert {t.params["data.image_size"] for t in trials} <= {16, 24}
+    with pytest.raises(StudyError, match=r"no single best trial; its Pareto front: trial \d+"):
+        require_best_trial(study, storage)
+    parent = MlflowClient(uri).get_run(study.user_attrs["parent_run_id"]).info.run_id
+    drawn = [a.path for a in MlflowClient(uri).list_artifacts(parent, "summary")]
+    assert "summary/pareto_front.png" in drawn
+    pick = min(expected)
+    result = export_best(study_name="front", storage=storage, out=tmp_path / "best",
+                         tracking_uri=uri, trial=pick, progress=False)
+    assert result.trial_number == pick and (tmp_path / "best" / "model.pt").is_file()
+
+
+def test_a_pruner_with_two_metrics_is_refused_in_one_line(tmp_path, synth_root):
+    path = write_study(tmp_path / "s.toml", synth_root, pruner="median",
+                       study_extra='metric = ["val_mean_acc", "latency_ms"]')
+    with pytest.raises(Exception, match=r"pruner = 'median' cannot prune a study of 2 metrics"):
+        load_study_file(path)
+
+
+def test_constraints_pick_the_best_feasible_trial_and_tag_the_runs(tmp_path, synth_root):
+    study, storage, uri = _run(
+        tmp_path, synth_root, "small", sampler="grid", grid=True, trials=2,
+        space="num_features = [8, 512]", study_extra="constraints = { max_params_m = 0.2 }")
+    by_features = {t.params["num_features"]: t for t in study.get_trials(states=(TS.COMPLETE,))}
+    small, big = by_features[8], by_features[512]
+    assert small.user_attrs["params_m"] < 0.2 < big.user_attrs["params_m"]
+    assert small.constraints["max_params_m"] <= 0 < big.constraints["max_params_m"]
+    assert require_best_trial(study, storage).number == small.number
+    board = leaderboard(study).set_index("trial")
+    assert board.loc[small.number, "feasible"] == "yes"
+    assert board.loc[big.number, "feasible"] == "no: max_params_m"
+    # the default slices (Male x Young): the weakest group's accuracy beside the mean
+    assert board["val_worst_group_acc"].notna().all()
+    assert board["val_worst_group_acc"].between(0, 1).all()
+    tags = {n: r.data.tags for n, r in mlflow_runs(uri, "small").items()}
+    assert tags[small.number]["feasible"] == "true"
+    assert tags[big.number]["feasible"] == "false"
+    assert tags[big.number]["violated"] == "max_params_m"
+
+
+def test_a_constraint_nothing_meets_is_said_and_export_refuses(tmp_path, synth_root):
+    study, storage, uri = _run(
+        tmp_path, synth_root, "none", sampler="grid", grid=True, trials=2,
+        space="num_features = [8, 16]", study_extra="constraints = { max_params_m = 0.00001 }")
+    assert len(study.get_trials(states=(TS.COMPLETE,))) == 2
+    with pytest.raises(StudyError, match=r"no completed trial of study 'none' meets its "
+                       r"\[study\] constraints; the closest, trial \d+, misses max_params_m "
+                       r"by [\d.e-]+\. .*--trial \d+"):
+        export_best(study_name="none", storage=storage, out=tmp_path / "best",
+                    tracking_uri=uri, progress=False)
+    assert not (tmp_path / "best").exists()
+    client = MlflowClient(uri)
+    parent = client.get_run(study.user_attrs["parent_run_id"])
+    assert "best/trial_number" not in parent.data.metrics  # no feasible best to show
+
+
+def test_a_slice_that_is_not_an_attribute_is_refused_at_create(tmp_path, synth_root):
+    cfg = load_study_file(write_study(tmp_path / "s.toml", synth_root, name="typo",
+                                      study_extra='slices = ["Mail", "Young"]'))
+    with pytest.raises(DataError, match=r"s\.toml: \[study\] slices names 'Mail', which is not "
+                       r"an attribute of .*; did you mean 'Male'\?"):
+        create_study(cfg, storage=f"sqlite:///{tmp_path / 'db.db'}",
+                     tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    assert not (tmp_path / "db.db").exists() or "typo" not in optuna.get_all_study_names(
+        storage=f"sqlite:///{tmp_path / 'db.db'}")

@@ -1,0 +1,59 @@
+"""A trial's subgroup slices in its MLflow run: `slice/*` metrics and slices.csv (real MLflow,
+SQLite in a temp folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from celebhpo.tracking import Tracker, create_study_run, start_trial
+from celebhpo.training.slices import slice_metrics
+from tests.helpers import ATTRS, CONFIG, make_fit
+
+
+def test_slices_become_metrics_and_an_artifact(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", retries=0)
+    exp, parent = create_study_run(tracker, "fair", CONFIG)
+    fit = make_fit(tmp_path)
+    rng = np.random.default_rng(0)
+    t = (rng.random((60, 3)) < 0.5).astype(np.float32)
+    p = rng.random((60, 3))
+    fit.slices = slice_metrics(p, t, ATTRS, ["Male"], fit.thresholds)
+
+    run = start_trial(tracker, exp, parent, 0, {"lr": 1e-3}, CONFIG)
+    run.log_result(fit, CONFIG, log_checkpoint=False)
+    run.end("COMPLETE")
+
+    metrics = tracker.client.get_run(run.run_id).data.metrics
+    assert metrics["slice/worst_group_acc"] == pytest.approx(fit.slices.worst_group_acc)
+    groups = fit.slices.groups.set_index("key")
+    assert metrics["slice/mean_acc/Male0"] == pytest.approx(groups.at["Male0", "mean_acc"])
+    assert metrics["slice/mean_acc/Male1"] == pytest.approx(groups.at["Male1", "mean_acc"])
+    per = fit.slices.attributes.set_index("attribute")
+    for a in ("Eyeglasses", "Smiling"):  # never Male itself
+        assert metrics[f"slice/worst_acc/{a}"] == pytest.approx(per.at[a, "worst_group_acc"])
+        assert metrics[f"slice/gap/{a}"] == pytest.approx(per.at[a, "gap"])
+    assert not [k for k in metrics if k.startswith("slice/") and "Male" in k.split("/")[-1]
+                and not k.startswith("slice/mean_acc/")]
+
+    names = {f.path for f in tracker.client.list_artifacts(run.run_id)}
+    assert "slices.csv" in names
+    got = pd.read_csv(Path(tracker.client.download_artifacts(run.run_id, "slices.csv",
+                                                             str(tmp_path))))
+    expect = fit.slices.long()
+    assert list(got.columns) == list(expect.columns) and len(got) == len(expect)
+    assert np.allclose(got["value"], expect["value"], equal_nan=True)
+
+
+def test_no_slices_no_slice_metrics(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", retries=0)
+    exp, parent = create_study_run(tracker, "plain", CONFIG)
+    run = start_trial(tracker, exp, parent, 0, {"lr": 1e-3}, CONFIG)
+    run.log_result(make_fit(tmp_path), CONFIG, log_checkpoint=False)  # slices None: off
+    run.end("COMPLETE")
+    assert not [k for k in tracker.client.get_run(run.run_id).data.metrics
+                if k.startswith("slice/")]
+    assert "slices.csv" not in {f.path for f in tracker.client.list_artifacts(run.run_id)}
