@@ -24,6 +24,12 @@ Nothing else is touched: without heartbeats nothing can tell another machine's s
 from a dead one. A re-queued trial is re-run at most MAX_RETRY times. A worker that was only
 slow (stopped past `grace_period`) has lost its trial to the re-run: `trial_taken_over` tells
 it to drop the trial.
+
+Failing a trial and queueing its re-run are two writes: a worker killed between them would
+lose the point. So a trial meant to be re-run is marked (`RETRY_WANTED`, or no fail_reason:
+failed by its stale heartbeat) before it is failed, and every worker's recovery re-queues a
+marked FAIL trial that has no re-run yet (`requeue_orphans`). Two workers may then queue the
+same re-run; the claim keeps the first (lowest number) and fails the other as a duplicate.
 """
 
 from __future__ import annotations
@@ -39,13 +45,21 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from celebhpo.hpo.owner import OWNER_KEYS, is_dead_local, is_local, is_owned, worker_identity
+from celebhpo.hpo.retry import (
+    DUPLICATE_OF,
+    MAX_RETRY,
+    RETRY_WANTED,
+    RequeueStale,
+    first_rerun,
+    requeue,
+    requeue_orphans,
+)
 
-__all__ = ["MAX_RETRY", "OWNER_KEYS", "RequeueStale", "TrialTakenOver", "claim_new_trial",
-           "claim_waiting_trial", "fail_and_requeue", "heartbeat", "heartbeat_interval",
-           "is_dead_local", "is_local", "is_owned", "own_running_trials", "recover_lost_trials",
-           "requeue", "requeue_finished", "trial_taken_over", "worker_identity"]
-
-MAX_RETRY = 2  # a trial whose worker dies is re-run at most this many times
+__all__ = ["DUPLICATE_OF", "MAX_RETRY", "OWNER_KEYS", "RETRY_WANTED", "RequeueStale",
+           "TrialTakenOver", "claim_new_trial", "claim_waiting_trial", "fail_and_requeue",
+           "heartbeat", "heartbeat_interval", "is_dead_local", "is_local", "is_owned",
+           "own_running_trials", "recover_lost_trials", "requeue", "requeue_finished",
+           "requeue_orphans", "trial_taken_over", "worker_identity"]
 
 
 class TrialTakenOver(Exception):
@@ -71,8 +85,16 @@ def claim_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
     # Optuna has no public "pop a WAITING trial or nothing" (Study.ask always creates one), no
     # public storage of a study, and FrozenTrial shows no trial id to build a Trial from
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        if _claim(study, frozen._trial_id):
+        if not _claim(study, frozen._trial_id):
+            continue
+        first = first_rerun(study, frozen)
+        if first is None:
             return _trial(study, frozen._trial_id)
+        study._storage.set_trial_user_attr(frozen._trial_id, DUPLICATE_OF, first)
+        study._storage.set_trial_user_attr(
+            frozen._trial_id, "fail_reason", f"a second re-run of trial "
+            f"{frozen.system_attrs['retry_history'][-1]} (trial {first} re-runs it)")
+        study.tell(frozen.number, state=TrialState.FAIL)
     return None
 
 
@@ -192,46 +214,11 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial) -> AbstractContextManage
 
 
 # -- failing and re-queueing -------------------------------------------------------------------
-def requeue(study: optuna.Study, trial: FrozenTrial, max_retry: int | None = None) -> int | None:
-    """Queue a WAITING copy of a failed `trial`: same params, grid point and system attrs
-    with its retry history, like Optuna's RetryHeartbeatStaleTrialCallback. Its user attrs
-    are not copied (celebhpo's describe one attempt: worker, MLflow run, results); the copy
-    gets `retry_of`. Returns the retry's position in the history, or None when `max_retry`
-    is used up."""
-    system_attrs = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
-    history = [*system_attrs["retry_history"], trial.number]
-    system_attrs["retry_history"] = history
-    if max_retry is not None and len(history) > max_retry:
-        return None
-    study.add_trial(
-        optuna.trial.create_trial(
-            state=TrialState.WAITING,
-            params=trial.params,
-            distributions=trial.distributions,
-            user_attrs={"retry_of": trial.number},
-            system_attrs=system_attrs,
-        )
-    )
-    return len(history)
-
-
 def requeue_finished(study: optuna.Study, trial: optuna.Trial | FrozenTrial,
                      max_retry: int | None = None) -> int | None:
     """`requeue` a trial that was just told FAIL, read back as the storage now holds it."""
     # Optuna reads one trial only by its storage id (study.trials copies every trial)
     return requeue(study, study._storage.get_trial(trial._trial_id), max_retry)
-
-
-class RequeueStale:
-    """The storage's heartbeat-stale callback: RetryHeartbeatStaleTrialCallback's semantics
-    (same `failed_trial`/`retry_history` system attrs, so Optuna's helpers read them), but
-    the retry does not inherit the dead attempt's user attrs (see `requeue`)."""
-
-    def __init__(self, max_retry: int | None) -> None:
-        self.max_retry = max_retry
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        requeue(study, trial, self.max_retry)
 
 
 def fail_and_requeue(study: optuna.Study, frozen: FrozenTrial, reason: str) -> bool:
@@ -240,6 +227,7 @@ def fail_and_requeue(study: optuna.Study, frozen: FrozenTrial, reason: str) -> b
     try:
         # a user attr can be set publicly only through the Trial its own worker holds
         study._storage.set_trial_user_attr(frozen._trial_id, "fail_reason", reason)
+        study._storage.set_trial_user_attr(frozen._trial_id, RETRY_WANTED, True)
         study.tell(frozen.number, state=TrialState.FAIL)
     except (UpdateFinishedTrialError, ValueError):
         return False
@@ -254,9 +242,12 @@ def recover_lost_trials(study: optuna.Study, *, heartbeat: bool, grace_period: f
     for `grace_period` seconds. Returns (the study's trials afterwards, the trials that lost
     their worker)."""
     trials = study.get_trials(deepcopy=False)
+    orphans = requeue_orphans(study, trials)
+    if orphans:
+        trials = study.get_trials(deepcopy=False)
     running = [t for t in trials if t.state == TrialState.RUNNING]
     if not running:
-        return trials, []
+        return trials, orphans
     if heartbeat:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -283,4 +274,4 @@ def recover_lost_trials(study: optuna.Study, *, heartbeat: bool, grace_period: f
     lost = [t for t in trials if t.number in failed_here or (
         t.number in numbers and t.state == TrialState.FAIL
         and "fail_reason" not in t.user_attrs)]
-    return trials, lost
+    return trials, orphans + lost

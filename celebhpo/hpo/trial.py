@@ -11,7 +11,8 @@ storage's `grace_period`, it is failed and re-queued by another worker, which cl
 MLflow run FAILED. Before each write to that run (an epoch, the result) and at `tell` the
 trial's state is checked: a trial no longer RUNNING is dropped with one line ("trial N was
 taken over by another worker: dropping it"), nothing more is written for it, and the worker
-goes on to its next trial.
+goes on to its next trial. (A write that had already passed its check when the worker was
+stopped, one epoch at most, still lands: no check can recall a write on its way.)
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ from celebhpo.errors import (
     TrainingError,
     mask_url,
 )
-from celebhpo.hpo.liveness import TrialTakenOver, heartbeat, requeue_finished, trial_taken_over
+from celebhpo.hpo.liveness import (
+    RETRY_WANTED,
+    TrialTakenOver,
+    heartbeat,
+    requeue_finished,
+    trial_taken_over,
+)
 from celebhpo.hpo.results import leaderboard
 from celebhpo.hpo.space import suggest_params
 from celebhpo.objectives import violations
@@ -192,6 +199,8 @@ def _tell(study: optuna.Study, trial: optuna.Trial, out: _Outcome, summary: dict
     another worker finished it first."""
     if out.state == TrialState.FAIL:
         summary["fail_reason"] = mask_url(out.reason)
+    if out.requeue:  # marked before the FAIL: see liveness.requeue_orphans
+        summary[RETRY_WANTED] = True
     try:
         with shielded():  # an interrupt waits until Optuna has been told (celebhpo._interrupt)
             for key, val in summary.items():

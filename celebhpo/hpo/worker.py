@@ -42,6 +42,7 @@ from celebhpo._interrupt import hold_or_raise, shielded
 from celebhpo.errors import StudyError, TrackingError
 from celebhpo.hpo.launch import WORKER_ENV
 from celebhpo.hpo.liveness import (
+    DUPLICATE_OF,
     claim_new_trial,
     claim_waiting_trial,
     fail_and_requeue,
@@ -233,7 +234,8 @@ def _budget_used(trials: list[FrozenTrial]) -> int:
     rerun = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     return sum(1 for t in trials
                if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-               or (t.state == TrialState.FAIL and t.number not in rerun))
+               or (t.state == TrialState.FAIL and t.number not in rerun
+                   and DUPLICATE_OF not in t.user_attrs))
 
 
 # -- trials of dead workers --------------------------------------------------------------------

@@ -102,7 +102,13 @@ def start_trial(tracker: Tracker, experiment_id: str, parent_run_id: str, trial_
                        params=[Param(k, v) for k, v in flatten_config(config).items()])
     dataset = dataset_input(config.get("data") or {})
     if dataset is not None:
-        tracker.call("log inputs", tracker.client.log_inputs, run.info.run_id, [dataset])
+        try:
+            tracker.call("log inputs", tracker.client.log_inputs, run.info.run_id, [dataset])
+        except TrackingError:
+            # MLflow's SQL store looks for the dataset row, then inserts it: workers starting
+            # their first trials at once race on its unique key (BAD_REQUEST, IntegrityError);
+            # a second try finds the row and only links it to this run
+            tracker.call("log inputs", tracker.client.log_inputs, run.info.run_id, [dataset])
     if (config.get("study") or {}).get("system_metrics"):
         trial_run.monitor = start_system_metrics(tracker.uri, run.info.run_id)
     return trial_run

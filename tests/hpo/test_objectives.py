@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import io
+
 import optuna
+import pandas as pd
 import pytest
+from click.testing import CliRunner
 from mlflow import MlflowClient
 
+from celebhpo.cli import cli
 from celebhpo.config import load_study_file
 from celebhpo.errors import DataError, StudyError
 from celebhpo.export import export_best
@@ -72,6 +77,23 @@ def test_a_two_metric_study_runs_tpe_unpruned_and_shows_only_its_front(tmp_path,
     result = export_best(study_name="front", storage=storage, out=tmp_path / "best",
                          tracking_uri=uri, trial=pick, progress=False)
     assert result.trial_number == pick and (tmp_path / "best" / "model.pt").is_file()
+    # the same through the command line
+    common = ["--storage", storage]
+    shown = CliRunner().invoke(cli, ["study", "show", "front", "--pareto", "--format", "csv",
+                                     *common])
+    assert shown.exit_code == 0, shown.output
+    assert set(pd.read_csv(io.StringIO(shown.output))["trial"]) == expected
+    refused = CliRunner().invoke(cli, ["export-best", "--study", "front", "--tracking-uri", uri,
+                                       "--out", str(tmp_path / "x"), *common])
+    assert refused.exit_code == 1 and "export-best --trial N" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+    sliced = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "best"), str(synth_root),
+                                      "--slices", "Male"])
+    assert sliced.exit_code == 0, sliced.output
+    assert "groups by true Male" in sliced.output and "worst group: Male=" in sliced.output
+    plain = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "best"), str(synth_root),
+                                     "--slices", ""])
+    assert plain.exit_code == 0 and "groups by" not in plain.output
 
 
 def test_a_pruner_with_two_metrics_is_refused_in_one_line(tmp_path, synth_root):
@@ -96,6 +118,8 @@ def test_constraints_pick_the_best_feasible_trial_and_tag_the_runs(tmp_path, syn
     # the default slices (Male x Young): the weakest group's accuracy beside the mean
     assert board["val_worst_group_acc"].notna().all()
     assert board["val_worst_group_acc"].between(0, 1).all()
+    one = CliRunner().invoke(cli, ["study", "show", "small", "--pareto", "--storage", storage])
+    assert one.exit_code == 1 and "has one metric (val_loss), so no front" in one.output
     tags = {n: r.data.tags for n, r in mlflow_runs(uri, "small").items()}
     assert tags[small.number]["feasible"] == "true"
     assert tags[big.number]["feasible"] == "false"
