@@ -214,14 +214,18 @@ def _note(t: FrozenTrial, retried: dict[int, int]) -> str:
 
 
 def _sorted_rows(study: optuna.Study, rows: list[dict], metric: str) -> list[dict]:
-    """By state (STATE_ORDER); within COMPLETE and PRUNED best value first (`better`), rows
-    without a value last; ties by trial number."""
+    """By state (STATE_ORDER), trials that miss the constraints after those that meet them;
+    within COMPLETE and PRUNED best value first (`better`), rows without a value last; ties by
+    trial number."""
     is_better = better(study)
 
     def compare(a: dict, b: dict) -> int:
         ka, kb = STATE_ORDER.get(a["state"], 5), STATE_ORDER.get(b["state"], 5)
         if ka != kb:
             return ka - kb
+        fa, fb = (str(r.get("feasible", "")).startswith("no") for r in (a, b))
+        if fa != fb:
+            return 1 if fa else -1
         va, vb = (r[metric] if r["state"] in ("COMPLETE", "PRUNED") else None for r in (a, b))
         if (va is None) != (vb is None):
             return 1 if va is None else -1

@@ -151,3 +151,16 @@ def test_a_slice_that_is_not_an_attribute_is_refused_at_create(tmp_path, synth_r
                      tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
     assert not (tmp_path / "db.db").exists() or "typo" not in optuna.get_all_study_names(
         storage=f"sqlite:///{tmp_path / 'db.db'}")
+
+
+def test_trials_that_miss_the_constraints_rank_after_those_that_meet_them():
+    """Even with a better value (here the lower val_loss), an infeasible trial is listed after
+    the feasible ones and is never the best."""
+    study = optuna.create_study(direction="minimize")
+    study.set_user_attr("config", {"study": {"metric": "val_loss"}})
+    for value, violation in ((0.1, 1.0), (0.5, -1.0), (0.3, 0.0)):
+        study.add_trial(optuna.trial.create_trial(
+            value=value, system_attrs={"constraints:max_params_m": violation}))
+    assert list(leaderboard(study)["trial"]) == [2, 1, 0]
+    assert list(leaderboard(study)["feasible"]) == ["yes", "yes", "no: max_params_m"]
+    assert require_best_trial(study, "memory").number == 2
