@@ -18,7 +18,6 @@ import json
 import math
 from typing import Any
 
-import numpy as np
 import optuna
 
 from celebhpo._io import to_jsonable
@@ -31,7 +30,7 @@ from celebhpo.data.quality import (
     reliable_definition,
 )
 from celebhpo.errors import mask_url
-from celebhpo.export.card_sections import measured_lines, quality_lines, slice_tables
+from celebhpo.export.card_sections import fmt_value, measured_lines, quality_lines, slice_tables
 from celebhpo.export.formats import ATOL, RTOL
 from celebhpo.inference import EXPORT_FILES, SplitEvaluation
 from celebhpo.inference.evaluate import slice_summary
@@ -193,12 +192,12 @@ def _metrics_tables(card: dict[str, Any]) -> list[str]:
              "| metric | " + " | ".join(f"{s}, {c}" for s in SPLITS for c in COLUMNS) + " |",
              "|---" * (1 + len(SPLITS) * len(COLUMNS)) + "|"]
     keys = [k for k in m["test"]["tuned"] if k not in THRESHOLD_FREE]
-    lines += ["| " + " | ".join([k, *(_fmt(m[s][c].get(k)) for s in SPLITS for c in COLUMNS)])
+    lines += ["| " + " | ".join([k, *(fmt_value(m[s][c].get(k)) for s in SPLITS for c in COLUMNS)])
               + " |" for k in keys]
     lines += ["", "| no threshold | " + " | ".join(SPLITS) + " |", "|---|---|---|",
-              "| loss (BCE, unweighted) | " + " | ".join(_fmt(m[s]["loss"]) for s in SPLITS)
+              "| loss (BCE, unweighted) | " + " | ".join(fmt_value(m[s]["loss"]) for s in SPLITS)
               + " |",
-              "| map | " + " | ".join(_fmt(m[s]["tuned"]["map"]) for s in SPLITS) + " |"]
+              "| map | " + " | ".join(fmt_value(m[s]["tuned"]["map"]) for s in SPLITS) + " |"]
     return lines
 
 
@@ -211,7 +210,7 @@ def _attribute_table(card: dict[str, Any]) -> list[str]:
     lines = ["## Per attribute", "",
              "| " + " | ".join(heads) + " |", "|---" * len(heads) + "|"]
     lines += ["| " + " | ".join("**noisy**" if k == "labels" and row[k] == "noisy"
-                                else _fmt(row[k]) for k in keys) + " |"
+                                else fmt_value(row[k]) for k in keys) + " |"
               for row in card["per_attribute"]]
     return lines + ["", "labels: **noisy** = the two annotators of a published re-annotation "
                         "agreed about as often as chance; reliable = at least 95% agreement; "
@@ -243,11 +242,3 @@ def _how_to_load(size: Any, n_attr: int, files: list[str]) -> list[str]:
         lines.append("ONNX: `onnxruntime.InferenceSession('DIR/model.onnx')`, input `images`, "
                      "output `logits`, any batch size.")
     return lines
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float | np.floating):
-        return f"{float(value):.4f}"
-    return str(value)

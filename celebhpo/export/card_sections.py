@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["measured_lines", "quality_lines", "slice_tables"]
+__all__ = ["fmt_value", "measured_lines", "quality_lines", "slice_tables"]
 
 SPLITS = ("val", "test")
 
@@ -39,7 +39,7 @@ def quality_lines(card: dict[str, Any]) -> list[str]:
                                                 for c in ("tuned", "0.5")) + " |",
              "|---" * (1 + 2 * len(SPLITS)) + "|"]
     for key, name in (("mean_acc", "all attributes"), ("mean_acc_reliable", "reliable")):
-        lines.append(f"| {name} | " + " | ".join(_fmt(m[s][c].get(key)) for s in SPLITS
+        lines.append(f"| {name} | " + " | ".join(fmt_value(m[s][c].get(key)) for s in SPLITS
                                                  for c in ("tuned", "0.5")) + " |")
     return lines
 
@@ -57,22 +57,23 @@ def slice_tables(card: dict[str, Any]) -> list[str]:
              "| group | " + " | ".join(f"{s} n | {s} mean acc" for s in SPLITS if s in sl)
              + " |", "|---" * (1 + 2 * sum(s in sl for s in SPLITS)) + "|"]
     for k, group in enumerate(test["groups"]):
-        cells = [f"{sl[s]['groups'][k]['n']} | {_fmt(sl[s]['groups'][k]['mean_acc'])}"
+        cells = [f"{sl[s]['groups'][k]['n']} | {fmt_value(sl[s]['groups'][k]['mean_acc'])}"
                  for s in SPLITS if s in sl]
         lines.append(f"| {group['group']} | " + " | ".join(cells) + " |")
     lines += ["", "Worst group: " + "; ".join(
-        f"{s} {sl[s]['worst_group']} ({_fmt(sl[s]['worst_group_acc'])})"
+        f"{s} {sl[s]['worst_group']} ({fmt_value(sl[s]['worst_group_acc'])})"
         for s in SPLITS if s in sl) + ".", "",
         "| attribute (test) | largest gap between groups | worst group | its accuracy |",
         "|---|---|---|---|"]
-    lines += [f"| {r['attribute']} | {_fmt(r['gap'])} | {r['worst_group']} | "
-              f"{_fmt(r['worst_group_acc'])} |" for r in test["largest_gaps"]]
+    lines += [f"| {r['attribute']} | {fmt_value(r['gap'])} | {r['worst_group']} | "
+              f"{fmt_value(r['worst_group_acc'])} |" for r in test["largest_gaps"]]
     return [*lines, ""]
 
 
 
 
-def _fmt(value: Any) -> str:
+def fmt_value(value: Any) -> str:
+    """A table cell: 4 decimals for floats, "" for None."""
     if value is None:
         return ""
     if isinstance(value, float | np.floating):
