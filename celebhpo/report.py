@@ -131,6 +131,9 @@ def format_optimize_summary(s: dict[str, Any]) -> str:
     if s["best_trial"] is not None:
         lines.append(f"best: trial {s['best_trial']} {s['metric']}={s['best_value']:.4f} "
                      f"{_assignments(s['best_params'])}")
+    if s.get("front"):
+        lines.append(f"Pareto front: trial(s) {', '.join(map(str, s['front']))} (study show "
+                     "--pareto; export one with export-best --trial N)")
     return "\n".join(lines)
 
 

@@ -52,7 +52,7 @@ from celebhpo.hpo.liveness import (
     own_running_trials,
     recover_lost_trials,
 )
-from celebhpo.hpo.results import best_trial, state_counts
+from celebhpo.hpo.results import best_trial, pareto_front, state_counts
 from celebhpo.hpo.storage import StorageSpec, optuna_quiet, parse_storage
 from celebhpo.hpo.studies import open_study
 from celebhpo.hpo.trial import TrialContext, run_trial
@@ -78,6 +78,7 @@ class OptimizeSummary:
     best_params: dict[str, Any] = dataclasses.field(default_factory=dict)
     metric: str = "val_loss"
     stopped: str = ""  # why it stopped
+    front: list[int] = dataclasses.field(default_factory=list)  # several metrics: the front
 
     def __str__(self) -> str:
         return format_optimize_summary(dataclasses.asdict(self))
@@ -203,7 +204,9 @@ def _run(ctx: TrialContext, spec: StorageSpec, n_trials: int | None, timeout: fl
         study_name=ctx.study.study_name, counts=state_counts(ctx.study.get_trials(deepcopy=False)),
         ran=ran, best_trial=best.number if best else None,
         best_value=best.value if best else None, best_params=dict(best.params) if best else {},
-        metric=ctx.cfg.study.metric, stopped=stopped)
+        metric=ctx.cfg.study.metric, stopped=stopped,
+        front=[t.number for t in pareto_front(ctx.study)] if ctx.cfg.study.multi_objective()
+        else [])
     ctx.echo(str(summary))
     return summary
 

@@ -35,9 +35,13 @@ def _run(tmp_path, synth_root, name: str, *, sampler: str, space: str, study_ext
     cfg = load_study_file(write_study(tmp_path / f"{name}.toml", synth_root, name=name,
                                       sampler=sampler, space=space, study_extra=study_extra))
     create_study(cfg, storage=storage, grid=grid, tracking_uri=uri)
-    optimize(study_name=name, storage=storage, n_trials=trials, tracking_uri=uri,
-             progress=False)
-    return load_study(name, storage)[0], storage, uri
+    summary = optimize(study_name=name, storage=storage, n_trials=trials, tracking_uri=uri,
+                       progress=False)
+    study = load_study(name, storage)[0]
+    if len(study.directions) > 1:  # optimize's last line names the front
+        front = ", ".join(str(t.number) for t in sorted(study.best_trials, key=lambda t: t.number))
+        assert f"Pareto front: trial(s) {front} (study show --pareto" in str(summary)
+    return study, storage, uri
 
 
 def _dominated(a: list[float], b: list[float], directions: list[str]) -> bool:
