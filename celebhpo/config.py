@@ -207,6 +207,8 @@ class StudyConfig:
             setattr(target, key, _coerce(type(target), key, value, "--set", section))
             # a fixed value beats a searched one
             new.space.pop(key if section == "train" else f"{section}.{key}", None)
+            if (section, key) == ("study", "metric"):
+                new.study.objectives = []  # the new metric(s) replace the old list
         new.validate()
         return new
 

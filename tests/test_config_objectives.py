@@ -100,3 +100,11 @@ def test_bad_data_keys_in_the_space(tmp_path, space, fragment):
     with pytest.raises(ConfigError, match=None) as e:
         load(tmp_path, "", space)
     assert fragment in str(e.value)
+
+
+def test_set_metric_replaces_the_files_metric_list(tmp_path):
+    cfg = load(tmp_path, 'metric = ["val_mean_acc", "latency_ms"]\npruner = "none"')
+    single = cfg.with_overrides(["study.metric=val_map"])
+    assert not single.study.multi_objective() and single.study.objective_names() == ["val_map"]
+    other = cfg.with_overrides(['study.metric=["val_map", "params_m"]'])
+    assert other.study.objective_names() == ["val_map", "params_m"]
