@@ -20,6 +20,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from celebhpo.errors import StudyError, mask_url
+from celebhpo.hpo.retry import DUPLICATE_OF
 
 __all__ = ["STATE_ORDER", "best_trial", "better", "feasible", "leaderboard", "metric_name",
            "metric_names", "pareto_board", "pareto_front", "require_best_trial", "state_counts"]
@@ -142,7 +143,8 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     trials = study.get_trials(deepcopy=False)
     metrics = metric_names(study)
     multi = len(metrics) > 1
-    retried = {n: t.number for t in trials for n in t.system_attrs.get("retry_history", [])[-1:]}
+    retried = {n: t.number for t in trials for n in t.system_attrs.get("retry_history", [])[-1:]
+               if DUPLICATE_OF not in t.user_attrs}  # a re-run queued twice ran as the first
     param_names = list(dict.fromkeys(k for t in trials for k in t.params))
     figures = [k for k in ("val_loss", "val_mean_acc", "val_map", "val_worst_group_acc",
                            "latency_ms", "params_m")

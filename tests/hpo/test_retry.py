@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from celebhpo.config import load_study_file
-from celebhpo.hpo import create_study, load_study, optimize
+from celebhpo.hpo import create_study, leaderboard, load_study, optimize
 from celebhpo.hpo.liveness import DUPLICATE_OF, RETRY_WANTED, claim_waiting_trial, requeue
 from tests.helpers import assert_grid_done_once, write_study
 
@@ -71,3 +71,5 @@ def test_a_rerun_queued_twice_runs_once(tmp_path, synth_root):
     assert [t.state for t in reruns] == [TS.COMPLETE, TS.FAIL]
     assert reruns[1].user_attrs[DUPLICATE_OF] == reruns[0].number
     assert "mlflow_run_id" not in reruns[1].user_attrs
+    board = leaderboard(load_study("twice", storage)[0]).set_index("trial")
+    assert board.loc[trial.number, "note"] == f"lost; re-run as trial {reruns[0].number}"
