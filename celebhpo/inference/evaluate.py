@@ -25,13 +25,12 @@ import pandas as pd
 import torch
 
 from celebhpo._io import atomic_write, check_writable, output_errors
-from celebhpo.config import StudyConfig, StudySection
+from celebhpo.config import StudyConfig
 from celebhpo.data import BatchLoader, SplitData, load_data, read_celeba, select_split
 from celebhpo.errors import CheckpointError, DataError
 from celebhpo.inference.predict import HALF, predict_paths, resolve_thresholds
 from celebhpo.inference.predictor import Predictor, load_model
 from celebhpo.report import report_to_dict
-from celebhpo.training.checkpoint import load_checkpoint
 from celebhpo.training.loop import evaluate as evaluate_batches
 from celebhpo.training.metrics import compute_metrics, per_class_report
 from celebhpo.training.slices import (
@@ -85,7 +84,7 @@ def evaluate(model: Predictor | str | Path, data_root: str | Path, split: str = 
         check_writable(out_dir, "--out", folder=True)  # before the work, not after it
     predictor = model if isinstance(model, Predictor) else load_model(model)
     thresholds, label = resolve_thresholds(predictor, threshold)  # a bad value fails first
-    names = list(slices) if slices is not None else _checkpoint_slices(predictor)
+    names = list(slices) if slices is not None else list(predictor.slices)
     resolve_slices(names, predictor.attributes,  # a bad name fails before any image is read
                    key="--slices" if slices is not None else "the checkpoint's [study] slices")
     data_root = Path(data_root)
@@ -138,13 +137,6 @@ def _add_slices(metrics: dict[str, Any], label: str, probs: np.ndarray, targets:
         probs, targets, resolve_slices(names, attributes), 0.5)
     metrics["slices"] = slice_summary(sliced)
     return sliced
-
-
-def _checkpoint_slices(predictor: Predictor) -> list[str]:
-    """The `[study] slices` of the config the model was trained with (the default when that
-    config predates them)."""
-    config = load_checkpoint(predictor.checkpoint_path).get("config") or {}
-    return list((config.get("study") or {}).get("slices", StudySection().slices))
 
 
 def slice_summary(result: SliceResult, top: int = 5) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from celebhpo.config import StudySection
 from celebhpo.data import normalize
 from celebhpo.errors import CelebhpoError, CheckpointError
 from celebhpo.training.amp import enable_fast_fp32
@@ -52,6 +53,7 @@ class Predictor:
     metrics: dict[str, Any]
     forward: Forward = field(repr=False)
     channels_last: bool = False  # feed the forward NHWC-strided batches (the torch backend)
+    slices: list[str] = field(default_factory=list)  # its study's [study] slices
 
     @cached_property
     def model_hash(self) -> str:
@@ -137,7 +139,10 @@ def _metadata(payload: dict[str, Any], ckpt: Path) -> dict[str, Any]:
         )
     return {"attributes": attributes, "thresholds": thresholds, "image_size": image_size,
             "crop": crop, "normalization": {"mean": mean, "std": std},
-            "arch": str(payload.get("arch", "")), "metrics": dict(payload.get("metrics") or {})}
+            "arch": str(payload.get("arch", "")), "metrics": dict(payload.get("metrics") or {}),
+            # a checkpoint from before [study] slices: the default
+            "slices": list(((payload.get("config") or {}).get("study") or {}).get(
+                "slices", StudySection().slices))}
 
 
 # -- backends ----------------------------------------------------------------------------------
