@@ -4,14 +4,20 @@ tests/helpers.py."""
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from celebhpo.data.synth import synthesize
 from tests.helpers import mlflow_server
+
+# Hypothesis keeps its examples and caches outside the checkout: the suite writes nothing
+# there (.ci/run checks)
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "celebhpo-hypothesis")
 
 
 @pytest.fixture(scope="session")

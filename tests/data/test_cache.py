@@ -166,6 +166,8 @@ def test_bad_images_skip_or_fail(some_images, tmp_path):
 def test_load_data_subsets_and_labels(synth_root, tmp_path):
     cfg = DataConfig(root=str(synth_root), image_size=S, train_size=50, val_size=10,
                      subset="random", subset_seed=3, cache_dir=str(tmp_path / "c"))
+    default_cache = synth_root / ".celebhpo-cache"  # other tests of the session may fill it
+    before = sorted(default_cache.iterdir()) if default_cache.exists() else []
     data = load_data(cfg, splits=("train", "val", "test"), progress=False)
     ds = read_celeba(synth_root)
     assert data.layout == "kaggle" and data.attributes == ds.attributes and data.skipped == []
@@ -177,7 +179,9 @@ def test_load_data_subsets_and_labels(synth_root, tmp_path):
     assert all(ds.partition[r] == 0 for r in rows)
     np.testing.assert_array_equal(tr.labels, ds.labels[rows].astype(np.float32))
     np.testing.assert_array_equal(tr.images[7], load_image(ds.image_dir / tr.ids[7], S))
-    assert not (synth_root / ".celebhpo-cache").exists()  # cache_dir was honoured
+    # cache_dir was honoured: the cache is there, nothing new in the data's default folder
+    assert list((tmp_path / "c").glob("*.npy"))
+    assert (sorted(default_cache.iterdir()) if default_cache.exists() else []) == before
 
 
 def test_load_data_skips_or_fails_on_bad_images(synth_root, tmp_path):
