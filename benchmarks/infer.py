@@ -34,7 +34,7 @@ from celebhpo.inference import load_model
 from celebhpo.inference.expr import parse_expression
 from celebhpo.inference.predict import list_images
 from celebhpo.inference.retrieve import rank, retrieve
-from celebhpo.training.checkpoint import FORMAT, VERSION, save_checkpoint
+from celebhpo.training.checkpoint import Checkpoint
 from celebhpo.training.models import create_model
 
 WHERE = "Eyeglasses and not Male"
@@ -46,13 +46,11 @@ def write_checkpoint(path: Path, arch: str, size: int) -> Path:
     torch.manual_seed(0)
     model = create_model(arch, num_labels=40, num_features=cfg.train.num_features,
                          dropout=cfg.train.dropout)
-    save_checkpoint(path, {
-        "format": FORMAT, "version": VERSION, "arch": arch, "state_dict": model.state_dict(),
-        "config": cfg.to_dict(), "attributes": list(ATTRIBUTES),
-        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        "thresholds": [0.5] * 40, "metrics": {}, "epoch": 1, "image_size": size,
-        "crop": "squash"})
-    return path
+    return Checkpoint(
+        arch=arch, state_dict=model.state_dict(), config=cfg.to_dict(),
+        attributes=list(ATTRIBUTES), mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
+        thresholds=[0.5] * 40, metrics={}, epoch=1, image_size=size, crop="squash",
+    ).save(path)
 
 
 def per_image(model: torch.nn.Module, folder: Path, size: int) -> tuple[np.ndarray, float]:
@@ -95,9 +93,7 @@ def main() -> None:
         root = synthesize(tmp / "faces", n=args.n, seed=7, progress=False)
         folder = root / "img_align_celeba" / "img_align_celeba"
         ckpt = write_checkpoint(tmp / "model.pt", args.arch, args.size)
-        from celebhpo.training.checkpoint import load_checkpoint, model_from_checkpoint
-
-        model = model_from_checkpoint(load_checkpoint(ckpt)).eval()
+        model = Checkpoint.load(ckpt).model().eval()
         print(f"{args.n} unseen images, {args.arch} {args.size}x{args.size}, --where "
               f"{WHERE!r}, CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch "
               f"threads), torch {torch.__version__}")

@@ -42,6 +42,7 @@ from celebhpo.config import DataConfig, load_study_file
 from celebhpo.data import load_data, synthesize
 from celebhpo.hpo import create_study, load_study
 from celebhpo.hpo.liveness import MAX_RETRY
+from celebhpo.hpo.retry import retry_history
 from celebhpo.hpo.storage import open_storage
 
 STUDY = """\
@@ -140,7 +141,7 @@ def chaos(workers: Workers, study: optuna.Study, opts: Options, deadline: float)
                    study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         busy = [p for p in workers.alive() if p.pid in running]
         pool = [p for p in busy or workers.alive() if opts.any_victim or p.pid not in running
-                or len(running[p.pid].system_attrs.get("retry_history", [])) < MAX_RETRY]
+                or len(retry_history(running[p.pid])) < MAX_RETRY]
         if not pool:
             continue
         victim = rng.choice(pool)
@@ -196,7 +197,7 @@ def check(storage: str, tracking: str, opts: Options) -> dict:
     children = [r for r in runs if r.data.tags.get("role") == "trial"]
     failures += run_failures(trials, children, runs)
     figures = {"states": Counter(t.state.name for t in trials), "trials": len(trials),
-               "retries": sum(bool(t.system_attrs.get("retry_history")) for t in trials),
+               "retries": sum(bool(retry_history(t)) for t in trials),
                "retry_of_runs": sum("retry_of" in r.data.tags for r in children),
                "points": len(expected), "done": sum(done[k] == 1 for k in expected),
                "runs": Counter(r.info.status for r in children),

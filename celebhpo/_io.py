@@ -2,24 +2,29 @@
 `os.replace`d, so a reader (or a worker on another machine) sees the old file or the new one,
 never half of one; a failure leaves no temporary file behind. Plus `check_writable` and
 `output_errors`, which turn an output that cannot be written into one line naming it (before
-any work where possible), and `to_jsonable` for the numpy values that results carry.
+any work where possible), `to_jsonable` for the numpy values that results carry, and
+`report_to_dict` for a per-class report published as JSON.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from celebhpo.errors import CelebhpoError
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 __all__ = ["atomic_open", "atomic_path", "atomic_write", "check_writable", "describe_os_error",
-           "fsync_dir", "output_errors", "to_jsonable"]
+           "fsync_dir", "output_errors", "report_to_dict", "to_jsonable"]
 
 
 @contextlib.contextmanager
@@ -155,3 +160,19 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return str(value)
+
+
+def report_to_dict(report: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """A per-class report (training.metrics.per_class_report) as `{attribute: {column:
+    value}}`, JSON-able: numpy scalars become Python numbers, NaN becomes None (strict JSON
+    has no NaN)."""
+    raw = report.set_index("attribute").to_dict(orient="index")  # keeps int columns int
+    return {str(name): {str(k): _plain(v) for k, v in row.items()} for name, row in raw.items()}
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v

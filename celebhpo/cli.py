@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -20,6 +21,7 @@ from celebhpo.cli_options import (
     CONTEXT,
     backend_option,
     device_option,
+    no_tracking_option,
     storage_option,
     study_option,
     threshold_option,
@@ -28,11 +30,8 @@ from celebhpo.cli_options import (
 from celebhpo.cli_options import Group as _Group
 from celebhpo.config import load_study_file
 
-
-def _resolve_storage(storage: str | None) -> str:
-    from celebhpo.hpo import DEFAULT_STORAGE
-
-    return storage or DEFAULT_STORAGE
+if TYPE_CHECKING:
+    from celebhpo.hpo.storage import StorageSpec
 
 
 @click.group(cls=_Group, context_settings=CONTEXT)
@@ -113,13 +112,14 @@ def train_cmd(study_file: Path, overrides: tuple[str, ...], data_root: str | Non
     Example: celebhpo train studies/demo.toml --set arch=resnet18 --set epochs=2
     """
     from celebhpo._io import check_writable, output_errors
+    from celebhpo.report import format_training
     from celebhpo.training.runner import train_one_config
 
     check_writable(out, "--out")  # now, not after the training it would lose
     with output_errors(out, "--out"):
-        summary = train_one_config(study_file, list(overrides), data_root=data_root,
-                                   device=device, checkpoint=out)
-    click.echo(summary)
+        r = train_one_config(study_file, list(overrides), data_root=data_root, device=device,
+                             checkpoint=out)
+    click.echo(format_training(r.config, r.fit, r.skipped))
 
 
 # -- studies -----------------------------------------------------------------------------
@@ -142,10 +142,12 @@ def study() -> None:
 @click.option("--artifacts-destination", "artifacts", default=None, metavar="URI", help="Where "
               "MLflow artifacts go (s3://..., or a folder every worker mounts at one path); "
               "needed with a database tracking URI other than SQLite.")
+@no_tracking_option
 def study_create(study_file: Path, grid: bool, name: str | None, data_root: str | None,
-                 overrides: tuple[str, ...], replace: bool, storage: str | None,
-                 tracking_uri: str | None, artifacts: str | None) -> None:
-    """Create a study from STUDY_FILE, with its MLflow experiment and parent run.
+                 overrides: tuple[str, ...], replace: bool, storage: StorageSpec,
+                 tracking_uri: str | None, artifacts: str | None, no_tracking: bool) -> None:
+    """Create a study from STUDY_FILE, with its MLflow experiment and parent run (none with
+    --no-tracking: the study then runs without MLflow).
 
     The resolved config is stored with the study, so workers need only its name and storage.
     Creating the same config again does nothing; another config under the same name is
@@ -155,22 +157,23 @@ def study_create(study_file: Path, grid: bool, name: str | None, data_root: str 
     """
     from celebhpo.hpo import create_study
 
+    overrides += ("study.tracking=off",) if no_tracking else ()
     cfg = load_study_file(study_file, overrides=list(overrides), data_root=data_root)
-    result = create_study(cfg, storage=_resolve_storage(storage), grid=grid, name=name,
+    result = create_study(cfg, storage=storage, grid=grid, name=name,
                           replace=replace, tracking_uri=tracking_uri, artifacts=artifacts)
     click.echo(result.message)
 
 
 @study.command("list")
 @storage_option
-def study_list(storage: str | None) -> None:
+def study_list(storage: StorageSpec) -> None:
     """List the studies in a storage, with their trial counts and best values.
 
     Example: celebhpo study list --storage studies/shared.log
     """
     from celebhpo.hpo import list_studies
 
-    table = list_studies(_resolve_storage(storage))
+    table = list_studies(storage)
     click.echo("no studies" if table.empty else table.to_string(index=False))
 
 
@@ -181,7 +184,7 @@ def study_list(storage: str | None) -> None:
 @click.option("--pareto", is_flag=True, help="Only the Pareto front of a study of several "
               "metrics: the trials no other (feasible) trial beats on every metric.")
 @storage_option
-def study_show(name: str | None, fmt: str, pareto: bool, storage: str | None) -> None:
+def study_show(name: str | None, fmt: str, pareto: bool, storage: StorageSpec) -> None:
     """Leaderboard of a study: trial, state, params, value(s), the best epoch's validation
     figures, worst-group accuracy, latency and size, feasibility, epochs, duration.
 
@@ -191,7 +194,7 @@ def study_show(name: str | None, fmt: str, pareto: bool, storage: str | None) ->
     from celebhpo.hpo import leaderboard, load_study, pareto_board
     from celebhpo.report import format_table
 
-    optuna_study, _ = load_study(name, _resolve_storage(storage))
+    optuna_study, _ = load_study(name, storage)
     board = pareto_board(optuna_study) if pareto else leaderboard(optuna_study)
     click.echo(format_table(board, fmt))
 
@@ -209,9 +212,10 @@ def study_show(name: str | None, fmt: str, pareto: bool, storage: str | None) ->
               help="Start one worker per GPU (CUDA_VISIBLE_DEVICES, --device cuda unless "
               "given) on this shared study; needs a journal or PostgreSQL storage.")
 @tracking_option
+@no_tracking_option
 def optimize_cmd(study_name: str | None, n_trials: int | None, timeout: float | None,
-                 storage: str | None, device: str | None, devices: str | None,
-                 tracking_uri: str | None) -> None:
+                 storage: StorageSpec, device: str | None, devices: str | None,
+                 tracking_uri: str | None, no_tracking: bool) -> None:
     """Run trials of a study until --trials, the end of the grid, or --timeout.
 
     Each trial trains one configuration, reports val_loss per epoch (weak trials are
@@ -221,22 +225,24 @@ def optimize_cmd(study_name: str | None, n_trials: int | None, timeout: float | 
     Example: celebhpo optimize --study seed-grid --trials 8
     """
     from celebhpo.hpo import launch_workers, optimize
+    from celebhpo.report import format_optimize_summary, format_trial_line
 
-    storage = _resolve_storage(storage)
-    if devices:
-        args = ["optimize", "--storage", storage]
+    if devices:  # the storage goes to the workers by environment, as the tracking URI does
+        args = ["optimize"]
         args += ["--study", study_name] if study_name else []
         args += ["--trials", str(n_trials)] if n_trials is not None else []
         args += ["--timeout", str(timeout)] if timeout is not None else []
         args += ["--device", device or "cuda"]  # a missing GPU is an error, not the CPU
+        args += ["--no-tracking"] if no_tracking else []
         if tracking_uri:  # to the workers by environment: `ps` shows argv, not the password
             os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-        sys.exit(launch_workers(devices.split(","), args))
-    try:
-        optimize(study_name=study_name, storage=storage, n_trials=n_trials, timeout=timeout,
-                 device=device, tracking_uri=tracking_uri, progress=True)
-    except KeyboardInterrupt:  # Ctrl-C/SIGTERM: optimize has said what it did; 130 like a shell
-        sys.exit(130)
+        sys.exit(launch_workers(devices.split(","), args, storage))
+    # Ctrl-C/SIGTERM raise Interrupted once the worker has said what it did: Group exits 130/143
+    summary = optimize(study_name=study_name, storage=storage, n_trials=n_trials,
+                       timeout=timeout, device=device, tracking_uri=tracking_uri,
+                       tracking=not no_tracking, progress=True,
+                       on_trial=lambda t: print(format_trial_line(t)))
+    click.echo(format_optimize_summary(summary))
 
 
 # -- the best model ----------------------------------------------------------------------
@@ -256,7 +262,7 @@ def optimize_cmd(study_name: str | None, n_trials: int | None, timeout: float | 
 @tracking_option
 @device_option
 def export_best_cmd(study_name: str | None, out: Path, formats: str, register: str | None,
-                    force: bool, trial: int | None, storage: str | None,
+                    force: bool, trial: int | None, storage: StorageSpec,
                     tracking_uri: str | None, device: str | None) -> None:
     """Export the best completed trial, evaluated once on the validation and test splits.
     With [study] constraints, the best of the trials that meet them.
@@ -269,12 +275,13 @@ def export_best_cmd(study_name: str | None, out: Path, formats: str, register: s
     Example: celebhpo export-best --study seed-grid --out best/ --format pt,torchscript
     """
     from celebhpo.export import export_best
+    from celebhpo.report import format_export
 
-    result = export_best(study_name=study_name, storage=_resolve_storage(storage), out=out,
+    result = export_best(study_name=study_name, storage=storage, out=out,
                          formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
                          register=register, force=force, tracking_uri=tracking_uri,
                          device=device or "auto", trial=trial)
-    click.echo(result.summary())
+    click.echo(format_export(result))
 
 
 @cli.command("predict")
@@ -328,9 +335,9 @@ def evaluate_cmd(model: Path, data_root: Path, split: str, out_dir: Path | None,
     from celebhpo.report import format_evaluation
 
     names = None if slices is None else [s.strip() for s in slices.split(",") if s.strip()]
-    metrics, report = evaluate(model, data_root, split=split, out_dir=out_dir,
-                               threshold=threshold, slices=names)
-    click.echo(format_evaluation(metrics, report))
+    result = evaluate(model, data_root, split=split, out_dir=out_dir, threshold=threshold,
+                      slices=names)
+    click.echo(format_evaluation(result))
 
 
 @cli.command("retrieve")

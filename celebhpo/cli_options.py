@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import errno
 import warnings
+from typing import Any
 
 import click
 
 from celebhpo.errors import CelebhpoError, mask_url
+from celebhpo.stopping import Interrupted
 
-__all__ = ["CONTEXT", "Group", "backend_option", "device_option", "storage_option",
-           "study_option", "threshold_option", "tracking_option"]
+__all__ = ["CONTEXT", "Group", "backend_option", "device_option", "no_tracking_option",
+           "storage_option", "study_option", "threshold_option", "tracking_option"]
 
 
 class Group(click.Group):
     """Turns our typed errors, OSErrors and warnings into one clean line each, wherever in the
-    command tree they rise."""
+    command tree they rise; a worker stopped by Ctrl-C/SIGTERM (celebhpo.stopping), which has
+    said what it did, into exit code 130/143 like a shell's."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -25,6 +28,8 @@ class Group(click.Group):
                 return super().invoke(ctx)
         except CelebhpoError as e:
             raise click.ClickException(mask_url(str(e))) from None
+        except Interrupted as e:
+            raise click.exceptions.Exit(e.exit_code) from None
         except OSError as e:
             if e.errno == errno.EPIPE:  # `celebhpo ... | head`: click's own handling
                 raise
@@ -37,17 +42,32 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def storage_option(f):
+    """--storage, parsed here once: the command gets an hpo.storage.StorageSpec."""
     return click.option("--storage", envvar="CELEBHPO_STORAGE", default=None, metavar="URL",
+                        callback=_storage_spec,
                         help="Optuna storage: sqlite:///studies/celebhpo.db (default, one "
                         "process), a journal file path ending in .log (several processes, one "
                         "machine) or postgresql+psycopg2://user:pass@host/db (many machines). "
                         "Env: CELEBHPO_STORAGE.")(f)
 
 
+def _storage_spec(ctx: click.Context, param: click.Parameter, url: str | None) -> Any:
+    # late: hpo imports optuna, which `celebhpo --help` never needs
+    from celebhpo.hpo.storage import DEFAULT_STORAGE, parse_storage
+
+    return parse_storage(url or DEFAULT_STORAGE)
+
+
 def tracking_option(f):
     return click.option("--tracking-uri", default=None, metavar="URI", help="MLflow tracking "
                         "URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db with "
                         "artifacts in mlruns/artifacts).")(f)
+
+
+def no_tracking_option(f):
+    return click.option("--no-tracking", is_flag=True, help="Run without MLflow, as [study] "
+                        "tracking = \"off\" does: no experiment, runs, checkpoints or resume "
+                        "states (export-best then has nothing to export).")(f)
 
 
 def device_option(f):

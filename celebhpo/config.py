@@ -25,6 +25,7 @@ from celebhpo._typed import check_keys as _check_keys
 from celebhpo._typed import coerce as _coerce
 from celebhpo._typed import field_types as _field_types
 from celebhpo._typed import suggest as _suggest
+from celebhpo.archs import is_known_arch, list_models
 from celebhpo.errors import ConfigError
 from celebhpo.objectives import METRICS, check_study
 
@@ -54,6 +55,8 @@ class StudySection:
     checkpoints: Literal["best", "all"] = "best"  # log every trial's checkpoint, or the best's
     resume: bool = True  # a retried trial resumes from its last epoch (state logged per epoch)
     system_metrics: bool = False  # MLflow system metrics (CPU, memory, GPU) on trial runs
+    # "off": no MLflow at all (no runs, checkpoints, resume states; export-best refuses)
+    tracking: Literal["on", "off"] = "on"
     heartbeat_interval: int = 30  # seconds; RDB storages other than SQLite
     grace_period: int = 120  # seconds without heartbeat before a trial counts as dead
     slices: list[str] = field(default_factory=lambda: ["Male", "Young"])  # [] = off
@@ -410,10 +413,7 @@ def _build_range(key: str, spec: dict, hint: Any, where: str) -> Dimension:
 
 
 def _check_arch(name: Any, source: str, key: str) -> None:
-    # late: config sits below training (imports run one way), and torchvision adds ~1 s
-    from celebhpo.training.models import is_known_arch, list_models
-
-    if not is_known_arch(name):
+    if not is_known_arch(name):  # imports torchvision (~1 s) only for a name not ours
         known = list_models()
         raise ConfigError(
             f"{source}: {key} = {name!r} is not a known architecture{_suggest(name, known)} "

@@ -17,13 +17,16 @@ from typing import Any
 from celebhpo.config import load_study_file
 from celebhpo.data import synthesize
 from celebhpo.export import export_best
-from celebhpo.hpo import create_study, leaderboard, list_studies, load_study, optimize
+from celebhpo.hpo import create_study, leaderboard, list_studies, load_study, open_study, optimize
 from celebhpo.inference import load_model, predict, retrieve
 from celebhpo.report import (
     format_accuracy_check,
+    format_export,
+    format_optimize_summary,
     format_predictions,
     format_retrieval,
     format_table,
+    format_trial_line,
 )
 from celebhpo.tracking import ui_command
 from celebhpo.tracking.ui import runs_url
@@ -88,7 +91,9 @@ def run_demo(workdir: Path, *, quick: bool = False, echo: Callable[[str], None] 
     name = _create_study(demo)
 
     demo.step(3, "optimize: every grid point; weak trials are pruned")
-    optimize(study_name=name, storage=demo.storage, device="cpu", progress=True)
+    summary = optimize(study_name=name, storage=demo.storage, device="cpu", progress=True,
+                       on_trial=lambda t: print(format_trial_line(t)))
+    print(format_optimize_summary(summary))
     board = leaderboard(load_study(name, demo.storage)[0])
 
     check = _export_and_check(demo, name)
@@ -98,7 +103,7 @@ def run_demo(workdir: Path, *, quick: bool = False, echo: Callable[[str], None] 
     echo(format_table(board))
     ui = " ".join(shlex.quote(a) for a in ui_command(demo.tracking_uri, host="127.0.0.1",
                                                      port=5000))
-    experiment = load_study(name, demo.storage)[0].user_attrs.get("experiment_id")
+    experiment = open_study(name, demo.storage)[2].experiment_id
     echo(f"\nCompare the trials in MLflow:\n  {ui}\n  then open "
          f"{runs_url('127.0.0.1', 5000, experiment)}")
     echo(f"\ndone in {time.perf_counter() - demo.started:.0f} s")
@@ -136,7 +141,7 @@ def _export_and_check(demo: _Demo, name: str) -> dict[str, float]:
     exported = export_best(study_name=name, storage=demo.storage, out=demo.best_dir,
                            formats=("pt",), register="celebhpo-demo",
                            tracking_uri=demo.tracking_uri, device="cpu", progress=False)
-    demo.echo(exported.summary())
+    demo.echo(format_export(exported))
     check = accuracy_check(exported.metrics)
     demo.echo(format_accuracy_check(check))
     return check

@@ -12,13 +12,14 @@ and the constraints it must meet (`[study] metric` and `[study] constraints`).
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from celebhpo._typed import suggest
 from celebhpo.errors import ConfigError
 
-__all__ = ["CONSTRAINTS", "EPOCH_METRICS", "METRICS", "TRIAL_METRICS", "check_study", "describe",
-           "direction_of", "feasible", "violations"]
+__all__ = ["CONSTRAINTS", "EPOCH_METRICS", "METRICS", "TRIAL_METRICS", "best_of", "better",
+           "check_study", "describe", "direction_of", "feasible", "violations"]
 
 EPOCH_METRICS = {"val_loss": "minimize", "val_mean_acc": "maximize", "val_map": "maximize",
                  "val_balanced_acc": "maximize", "val_mean_acc_reliable": "maximize",
@@ -32,6 +33,35 @@ CONSTRAINTS = {"max_params_m": ("params_m", "max"), "max_latency_ms": ("latency_
 
 def direction_of(metric: str) -> str:
     return METRICS[metric]
+
+
+def better(a: float, b: float, direction: str) -> bool:
+    """Whether value `a` beats `b` in `direction` ("minimize" or "maximize"): every "better"
+    in celebhpo is this one. Strict, so of equals the one held first stays best. A NaN (say
+    the mAP of a split with no positive) never beats anything, and any number beats a NaN."""
+    if direction not in ("minimize", "maximize"):
+        raise ValueError(f"direction must be 'minimize' or 'maximize', got {direction!r}")
+    a, b = float(a), float(b)
+    if math.isnan(a):
+        return False
+    return math.isnan(b) or (a < b if direction == "minimize" else a > b)
+
+
+_T = TypeVar("_T")
+
+
+def best_of(items: Iterable[_T], direction: str, key: Callable[[_T], float] = float) -> _T:
+    """The best of `items` by `key` in `direction` (`better`): the first of ties. ValueError
+    when there are none."""
+    it = iter(items)
+    try:
+        best = next(it)
+    except StopIteration:
+        raise ValueError("best_of() of nothing") from None
+    for item in it:
+        if better(key(item), key(best), direction):
+            best = item
+    return best
 
 
 def violations(values: dict[str, Any], constraints: dict[str, float]) -> dict[str, float]:

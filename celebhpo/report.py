@@ -1,19 +1,23 @@
-"""Turning results into text for people: tables, CSV, JSON. No computation happens here."""
+"""Turning results into text for people: tables, CSV, JSON. No computation happens here.
+
+The presentation layer: library functions return dataclasses, and only cli.py and demo.py
+turn them into text, through the functions below. Nothing under a package folder imports
+this module (tests/test_layout.py checks).
+"""
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
     from celebhpo.config import StudyConfig
     from celebhpo.export import ExportResult
-    from celebhpo.inference import PredictionResult, RetrievalResult
+    from celebhpo.hpo import FinishedTrial, OptimizeSummary
+    from celebhpo.inference import Evaluation, PredictionResult, RetrievalResult
     from celebhpo.training.loop import FitResult
 
 
@@ -37,22 +41,6 @@ def format_metrics(metrics: dict[str, Any], keys: list[str] | None = None) -> st
     keys = keys or [k for k, v in metrics.items() if isinstance(v, int | float)]
     width = max(len(k) for k in keys)
     return "\n".join(f"{k:<{width}}  {metrics[k]:.4f}" for k in keys if k in metrics)
-
-
-def report_to_dict(report: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """A per-class report (training.metrics.per_class_report) as `{attribute: {column:
-    value}}`, JSON-able: numpy scalars become Python numbers, NaN becomes None (strict JSON
-    has no NaN)."""
-    raw = report.set_index("attribute").to_dict(orient="index")  # keeps int columns int
-    return {str(name): {str(k): _plain(v) for k, v in row.items()} for name, row in raw.items()}
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 def format_inspect(report: dict[str, Any]) -> str:
@@ -102,37 +90,40 @@ def _assignments(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items())
 
 
-def format_trial_line(number: int, state: str, metric: str | list[str],
-                      value: float | list[float] | None, params: dict[str, Any],
-                      attrs: dict[str, Any]) -> str:
+def _worker(label: str) -> str:
+    """The `[gpu1] ` before a `--devices` worker's lines; nothing for a lone worker."""
+    return f"[{label}] " if label else ""
+
+
+def format_trial_line(t: FinishedTrial) -> str:
     """A worker's line as a trial ends, e.g.
-    `trial 3 COMPLETE val_loss=0.6931 lr=0.003  2 epochs, 4.1 s`; `attrs` are its user attrs.
-    A study of several metrics gives lists of names and values."""
-    if state == "COMPLETE":
-        names = metric if isinstance(metric, list) else [metric]
-        values = value if isinstance(value, list | tuple) else [value]
+    `trial 3 COMPLETE val_loss=0.6931 lr=0.003  2 epochs, 4.1 s`. A study of several metrics
+    gives lists of names and values."""
+    if t.state == "COMPLETE":
+        names = t.metric if isinstance(t.metric, list) else [t.metric]
+        values = t.value if isinstance(t.value, list | tuple) else [t.value]
         what = " ".join(f"{m}={v:.4f}" for m, v in zip(names, values, strict=True))
-        if attrs.get("violated"):
-            what += f" (infeasible: misses {', '.join(attrs['violated'])})"
-    elif state == "PRUNED":
-        what = f"at epoch {attrs.get('pruned_at')}"
+        if t.violated:
+            what += f" (infeasible: misses {', '.join(t.violated)})"
+    elif t.state == "PRUNED":
+        what = f"at epoch {t.pruned_at}"
     else:
-        what = f"({attrs.get('fail_reason', '')})"
-    return (f"trial {number} {state} {what} {_assignments(params)}  "
-            f"{attrs.get('epochs_run', 0)} epochs, {attrs['duration_s']:.1f} s")
+        what = f"({t.fail_reason})"
+    return (f"{_worker(t.worker)}trial {t.number} {t.state} {what} {_assignments(t.params)}  "
+            f"{t.epochs_run} epochs, {t.duration_s:.1f} s")
 
 
-def format_optimize_summary(s: dict[str, Any]) -> str:
-    """`optimize`'s last lines from its OptimizeSummary's fields: the study's trials by state,
-    why this worker stopped, the best trial."""
-    states = ", ".join(f"{n} {state}" for state, n in s["counts"].items() if n)
-    lines = [f"study '{s['study_name']}': {sum(s['counts'].values())} trials ({states}); "
-             f"this worker ran {len(s['ran'])}; stopped: {s['stopped']}"]
-    if s["best_trial"] is not None:
-        lines.append(f"best: trial {s['best_trial']} {s['metric']}={s['best_value']:.4f} "
-                     f"{_assignments(s['best_params'])}")
-    if s.get("front"):
-        lines.append(f"Pareto front: trial(s) {', '.join(map(str, s['front']))} (study show "
+def format_optimize_summary(s: OptimizeSummary) -> str:
+    """`optimize`'s last lines: the study's trials by state, why this worker stopped, the
+    best trial (or the Pareto front of a study of several metrics)."""
+    states = ", ".join(f"{n} {state}" for state, n in s.counts.items() if n)
+    lines = [f"{_worker(s.worker)}study '{s.study_name}': {sum(s.counts.values())} trials "
+             f"({states}); this worker ran {len(s.ran)}; stopped: {s.stopped}"]
+    if s.best_trial is not None:
+        lines.append(f"best: trial {s.best_trial} {s.metric}={s.best_value:.4f} "
+                     f"{_assignments(s.best_params)}")
+    if s.front:
+        lines.append(f"Pareto front: trial(s) {', '.join(map(str, s.front))} (study show "
                      "--pareto; export one with export-best --trial N)")
     return "\n".join(lines)
 
@@ -173,8 +164,9 @@ def _prediction_block(result: PredictionResult, present: Any, n: int, show_all: 
     return "\n".join(lines if shown else [*lines, "  (no attribute above its threshold)"])
 
 
-def format_evaluation(metrics: dict[str, Any], report: pd.DataFrame) -> str:
+def format_evaluation(result: Evaluation) -> str:
     """Header, the metrics at the chosen thresholds and at 0.5 side by side, then the report."""
+    metrics, report = result.metrics, result.report
     skipped = metrics.get("skipped", [])
     label = metrics["threshold"]
     lines = [f"{metrics['split']} split of {metrics['data_root']}: {metrics['n_images']} images"

@@ -27,7 +27,7 @@ from celebhpo._io import atomic_write, output_errors
 from celebhpo.cli import cli
 from celebhpo.data import ATTRIBUTES, IMAGENET_MEAN, IMAGENET_STD, load_image
 from celebhpo.errors import CelebhpoError, DataError
-from celebhpo.training.checkpoint import save_checkpoint
+from celebhpo.training.checkpoint import Checkpoint
 from celebhpo.training.models import create_model
 from tests.helpers import write_study
 
@@ -42,13 +42,13 @@ def model_dir(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("bad-input-model")
     torch.manual_seed(0)
     model = create_model("tiny", num_labels=40, num_features=16, dropout=0.0).eval()
-    save_checkpoint(work / "model" / "model.pt", {
-        "arch": "tiny", "state_dict": model.state_dict(), "attributes": list(ATTRIBUTES),
-        "config": {"data": {"image_size": SIZE, "crop": "squash"},
-                   "train": {"arch": "tiny", "num_features": 16, "dropout": 0.0}},
-        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        "thresholds": [0.5] * 40, "metrics": {}, "epoch": 1,
-    })
+    Checkpoint(
+        arch="tiny", state_dict=model.state_dict(), attributes=list(ATTRIBUTES),
+        config={"data": {"image_size": SIZE, "crop": "squash"},
+                "train": {"arch": "tiny", "num_features": 16, "dropout": 0.0}},
+        mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), thresholds=[0.5] * 40, metrics={},
+        epoch=1,
+    ).save(work / "model" / "model.pt")
     return work / "model"
 
 

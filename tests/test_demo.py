@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import optuna
 from click.testing import CliRunner
+from mlflow import MlflowClient
 
 from celebhpo.cli import cli
 
 
-def test_quick_demo_runs_everything_and_a_second_run_starts_a_fresh_study(tmp_path):
+def test_quick_demo_runs_everything_and_a_second_run_starts_a_fresh_study(tmp_path,
+                                                                          monkeypatch):
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the demo writes only into --workdir
     runner = CliRunner()
     result = runner.invoke(cli, ["demo", "--workdir", str(tmp_path), "--quick"])
     assert result.exit_code == 0, result.output
@@ -32,6 +37,10 @@ def test_quick_demo_runs_everything_and_a_second_run_starts_a_fresh_study(tmp_pa
         f"then open http://127.0.0.1:5000/#/experiments/{experiment}/runs"
         "?workflowType=machine_learning")
     assert all(t.state.is_finished() for t in study.trials)
+    # the exported model is logged in the demo's experiment, not MLflow's Default one
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    assert len(client.search_logged_models([experiment])) == 1
+    assert not client.search_logged_models(["0"]) and list(elsewhere.iterdir()) == []
 
     again = runner.invoke(cli, ["demo", "--workdir", str(tmp_path), "--quick"])
     assert again.exit_code == 0, again.output

@@ -8,6 +8,7 @@ tests/hpo/test_studies.py.)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -28,8 +29,9 @@ from celebhpo.config import DataConfig, load_study_file
 from celebhpo.data import load_data
 from celebhpo.errors import TrackingError
 from celebhpo.hpo import create_study, load_study, optimize
+from celebhpo.report import format_trial_line
 from celebhpo.tracking.client import Tracker
-from celebhpo.training.checkpoint import load_checkpoint, save_checkpoint
+from celebhpo.training.checkpoint import Checkpoint
 from tests.helpers import Relay, free_port, mlflow_runs, write_study
 
 TS = optuna.trial.TrialState
@@ -108,15 +110,14 @@ def test_kill9_during_the_cache_build_never_leaves_a_usable_partial_cache(synth_
 # weights hold the save's number, so a loaded file shows which save it is and that it is whole.
 SAVE_FOREVER = """
 import sys, torch
-from celebhpo.training.checkpoint import save_checkpoint
+from celebhpo.training.checkpoint import Checkpoint
 path = sys.argv[1]
 for i in range(1, 1_000_000):
-    save_checkpoint(path, {
-        "arch": "tiny", "state_dict": {"w": torch.full((8_000_000,), float(i))},
-        "config": {}, "attributes": ["Smiling"], "thresholds": [0.5],
-        "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]},
-        "metrics": {"val_loss": 1.0 / i}, "epoch": i,
-    })
+    Checkpoint(
+        arch="tiny", state_dict={"w": torch.full((8_000_000,), float(i))}, config={},
+        attributes=["Smiling"], thresholds=[0.5], mean=[0.5, 0.5, 0.5], std=[0.2, 0.2, 0.2],
+        metrics={"val_loss": 1.0 / i}, epoch=i,
+    ).save(path)
     print(i, flush=True)
 """
 
@@ -133,18 +134,18 @@ def test_kill9_during_a_checkpoint_write_keeps_a_whole_checkpoint(tmp_path):
         last = int(([first] + proc.stdout.read().split())[-1])
         proc.stdout.close()
 
-        payload = load_checkpoint(path)  # never partial: whole, and ours
-        epoch = payload["epoch"]
+        ckpt = Checkpoint.load(path)  # never partial: whole, and ours
+        epoch = ckpt.epoch
         assert epoch in (last, last + 1), (epoch, last)  # the last finished save, or the next
-        w = payload["state_dict"]["w"]
+        w = ckpt.state_dict["w"]
         assert w.shape == (8_000_000,) and bool((w == float(epoch)).all())
 
     # a killed write leaves at most a hidden temp file that nothing takes for a checkpoint
     others = [p.name for p in tmp_path.iterdir() if p.name != "model.pt"]
     assert all(n.startswith(".model.pt.tmp-") for n in others), others
     assert [p.name for p in tmp_path.glob("*.pt")] == ["model.pt"]
-    save_checkpoint(path, {**load_checkpoint(path), "epoch": 10**6})
-    assert load_checkpoint(path)["epoch"] == 10**6
+    dataclasses.replace(Checkpoint.load(path), epoch=10**6).save(path)
+    assert Checkpoint.load(path).epoch == 10**6
 
 
 # -- the MLflow server goes away between two trials ---------------------------------------------
@@ -170,7 +171,8 @@ def test_tracking_server_gone_mid_study_fails_the_trial_and_stops_the_worker(
             relay.stop()  # the first trial is logged; then the server is gone
 
     with pytest.raises(TrackingError) as info:
-        optimize(storage=storage, progress=False, echo=echo)
+        optimize(storage=storage, progress=False, echo=echo,
+                 on_trial=lambda t: echo(format_trial_line(t)))
     message = str(info.value)
     assert message.startswith(f"MLflow create run failed on {base} after 4 attempts")
     assert "\n" not in message

@@ -20,6 +20,7 @@ from celebhpo.data.layouts import ATTRIBUTES, CelebA, read_celeba, select_split
 from celebhpo.data.loader import IMAGENET_MEAN, IMAGENET_STD, BatchLoader, normalize
 from celebhpo.data.synth import VISIBLE_ATTRIBUTES, synthesize
 from celebhpo.errors import DataError, did_you_mean
+from celebhpo.stopping import StopRequest
 
 if TYPE_CHECKING:
     from celebhpo.config import DataConfig
@@ -61,11 +62,12 @@ def default_cache_dir(root: str | Path) -> Path:
 
 
 def load_data(cfg: DataConfig, splits: Sequence[str] = ("train", "val"),
-              progress: bool = True) -> DataBundle:
+              progress: bool = True, stop: StopRequest | None = None) -> DataBundle:
     """Read `cfg.root`, take each split's subset and decode it once (or reuse the cache).
 
     Images that cannot be read are skipped and listed in `.skipped` (cfg.on_bad_image = "skip"),
-    or stop the run with a DataError naming the image ("fail").
+    or stop the run with a DataError naming the image ("fail"). `stop`: a decode answers a
+    stop request between chunks (Interrupted, see data.cache).
     """
     root = Path(cfg.root)
     ds = read_celeba(root, cfg.layout)
@@ -75,7 +77,7 @@ def load_data(cfg: DataConfig, splits: Sequence[str] = ("train", "val"),
     for split in splits:
         rows = select_split(ds, split, cfg.split_size(split), cfg.subset, cfg.subset_seed)
         decoded = decode_images(ds.paths(rows), cfg.image_size, cfg.crop, cache_dir,
-                                on_bad=cfg.on_bad_image, progress=progress)
+                                on_bad=cfg.on_bad_image, progress=progress, stop=stop)
         if len(decoded.kept) == 0:
             raise DataError(f"{ds.image_dir}: none of the {len(rows)} {split} images could be "
                             f"read (first: {decoded.bad[0][0]}: {decoded.bad[0][1]})")

@@ -6,16 +6,23 @@ temporary file that is renamed into place only when complete (with its sidecar .
 which images were kept and which were skipped, renamed first): a killed build never leaves a
 usable partial cache. A per-key lock file stops two workers on one machine from building the
 same cache at once; the second one waits and then reuses the first one's result.
+
+A worker asked to stop (celebhpo.stopping) answers between chunks of the build, and while it
+waits for another worker's build: the pool is ended, the temporary file removed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import json
 import os
+import signal
 from collections.abc import Generator, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -26,9 +33,12 @@ from tqdm import tqdm
 from celebhpo._io import atomic_write
 from celebhpo.data.images import CROPS, load_image
 from celebhpo.errors import DataError
+from celebhpo.stopping import StopRequest
 
 CACHE_VERSION = 2  # bump when load_image's output changes for the same inputs (2: EXIF, 16-bit)
 _CHUNK = 64  # images per work unit: large enough to amortize IPC, small for a smooth bar
+_POLL = 0.1  # seconds between looks at a stop request while waiting for the pool or a lock
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -53,12 +63,14 @@ def cache_key(paths: Sequence[str | Path], size: int, crop: str) -> str:
 
 
 def decode_images(paths: Sequence[str | Path], size: int, crop: str, cache_dir: str | Path,
-                  on_bad: str = "skip", workers: int = 0, progress: bool = True) -> DecodedImages:
+                  on_bad: str = "skip", workers: int = 0, progress: bool = True,
+                  stop: StopRequest | None = None) -> DecodedImages:
     """Decode `paths` into a cached uint8 array, or reuse the cache when nothing changed.
 
     on_bad="skip": missing or corrupt images are left out and listed in `.bad` (name, reason);
     `.kept` maps rows of `.array` back to `paths`. on_bad="fail": the first one raises DataError
-    naming the image. workers=0 uses every core.
+    naming the image. workers=0 uses every core. `stop`: raise Interrupted between chunks
+    of the build (and while waiting for another process's build) once a stop is requested.
     """
     if on_bad not in ("skip", "fail"):
         raise DataError(f"unknown on_bad_image {on_bad!r}; use skip or fail")
@@ -74,13 +86,13 @@ def decode_images(paths: Sequence[str | Path], size: int, crop: str, cache_dir: 
     stem = f"images-{size}px-{crop}-{key[:20]}"
     npy, meta = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.json"
 
-    with _lock(cache_dir / f"{stem}.lock"):
+    with _lock(cache_dir / f"{stem}.lock", stop):
         found = _open(npy, meta, key, on_bad)
         if found is not None:
             return found
         _remove_temps(cache_dir, stem)
         _clean_stale(cache_dir, stem)
-        _build(paths, size, crop, npy, meta, key, on_bad, workers, progress)
+        _build(paths, size, crop, npy, meta, key, on_bad, workers, progress, stop)
         found = _open(npy, meta, key, on_bad)
     if found is None:  # only if someone deleted the files under us
         raise DataError(f"{npy}: the image cache vanished right after it was written; run again")
@@ -109,7 +121,8 @@ def _open(npy: Path, meta: Path, key: str, on_bad: str) -> DecodedImages | None:
 
 
 def _build(paths: Sequence[str | Path], size: int, crop: str, npy: Path, meta: Path, key: str,
-           on_bad: str, workers: int, progress: bool) -> tuple[np.ndarray, list]:
+           on_bad: str, workers: int, progress: bool, stop: StopRequest | None
+           ) -> tuple[np.ndarray, list]:
     n = len(paths)
     pid = os.getpid()
     tmp = npy.with_name(f"{npy.stem}.tmp-{pid}.npy")  # workers open it by this name
@@ -123,7 +136,7 @@ def _build(paths: Sequence[str | Path], size: int, crop: str, npy: Path, meta: P
         workers = workers or os.cpu_count() or 1
         workers = max(1, min(workers, len(chunks)))
         bar = _bar(n, progress)
-        results = _run(chunks, workers)
+        results = _run(chunks, workers, stop or StopRequest())
         try:
             for done, bad in results:
                 bar.update(done)
@@ -152,14 +165,44 @@ def _build(paths: Sequence[str | Path], size: int, crop: str, npy: Path, meta: P
     return kept, bad_sorted
 
 
-def _run(chunks: list, workers: int) -> Generator[tuple[int, list[tuple[int, str]]]]:
+def _run(chunks: list, workers: int, stop: StopRequest
+         ) -> Generator[tuple[int, list[tuple[int, str]]]]:
+    """Each chunk's (count, bad images), in any order; Interrupted between chunks once `stop`
+    holds a request (leaving the generator ends the pool)."""
     if workers == 1:
-        yield from map(_decode_chunk, chunks)
+        for chunk in chunks:
+            stop.check()
+            yield _decode_chunk(chunk)
         return
-    # fork: workers share the parent's imports; they touch only PIL, numpy and their own memmap
-    ctx = get_context("fork")
-    with ctx.Pool(workers) as pool:
-        yield from pool.imap_unordered(_decode_chunk, chunks)
+    # fork: workers share the parent's imports; they touch only PIL, numpy and their own
+    # memmap. An executor, not a multiprocessing.Pool: a Pool whose worker was killed (Ctrl-C
+    # reaches the whole process group) can hang for good in terminate()
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("fork"),
+                               initializer=_die_with_parent, initargs=(os.getpid(),))
+    try:
+        pending = {pool.submit(_decode_chunk, chunk) for chunk in chunks}
+        while pending:
+            stop.check()
+            done, pending = wait(pending, timeout=_POLL, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+    except BrokenProcessPool:
+        stop.wait(1.0)  # killed by the signal that asked this process to stop?
+        stop.check()
+        raise DataError("a process decoding the image cache died (killed, or out of memory); "
+                        "run again") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # running chunks end; queued ones never start
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: a decoding process ends with the process that started it, even one
+    that ended at once (kill -9, a second Ctrl-C): an orphan would hold the cache's lock (it
+    shares the lock file's descriptor) and the next worker would wait for it for good."""
+    with contextlib.suppress(OSError, AttributeError):  # prctl is Linux's
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it was gone before prctl
+        os._exit(1)
 
 
 def _decode_chunk(job: tuple[Path, int, str, int, list[str]]) -> tuple[int, list[tuple[int, str]]]:
@@ -192,10 +235,20 @@ def _compact(tmp: Path, kept: np.ndarray, shape: tuple[int, int, int]) -> None:
 
 
 @contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock held while one process builds or checks a cache key."""
+def _lock(path: Path, stop: StopRequest | None) -> Iterator[None]:
+    """An exclusive advisory lock held while one process builds or checks a cache key; waiting
+    for it answers `stop`."""
     with open(path, "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        if stop is None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        else:
+            while True:
+                stop.check()
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:  # another process is building this key
+                    stop.wait(_POLL)
         try:
             yield
         finally:

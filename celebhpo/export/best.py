@@ -16,14 +16,12 @@ import json
 import os
 import shutil
 import tempfile
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
-from mlflow.entities import Metric, RunTag
 
 from celebhpo._io import check_writable, output_errors, to_jsonable
 from celebhpo.errors import StudyError
@@ -36,12 +34,19 @@ from celebhpo.export.formats import (
     require_onnx,
 )
 from celebhpo.export.mlflow_model import log_mlflow_model
-from celebhpo.hpo import load_study, metric_name, metric_names, require_best_trial
+from celebhpo.hpo import (
+    StorageSpec,
+    StudyRecord,
+    as_spec,
+    metric_name,
+    metric_names,
+    open_study,
+    require_best_trial,
+)
 from celebhpo.inference import EXPORT_FILES, SplitEvaluation
 from celebhpo.inference.evaluate import evaluate_splits
-from celebhpo.report import format_export
-from celebhpo.tracking import Tracker, download_checkpoint, register_model
-from celebhpo.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from celebhpo.tracking import RUN_ID_ATTR, RunHandle, Tracker, download_checkpoint, register_model
+from celebhpo.training.checkpoint import Checkpoint
 from celebhpo.training.devices import resolve_device
 
 __all__ = ["ExportResult", "export_best"]
@@ -61,14 +66,11 @@ class ExportResult:
     registered: str | None = None  # "NAME version N (alias best)"
     checks: dict[str, float] = field(default_factory=dict)  # format -> max |diff| of logits
 
-    def summary(self) -> str:
-        return format_export(self)
-
 
 def export_best(
     *,
     study_name: str | None,
-    storage: str,
+    storage: StorageSpec | str,
     out: str | Path,
     formats: tuple[str, ...] | list[str] = ("pt",),
     register: str | None = None,
@@ -91,8 +93,9 @@ def export_best(
         require_onnx()
     out = Path(out)
     check_writable(out, "--out", folder=True)  # before the study is even opened
-    chosen = _choose(study_name, storage, trial)
-    tracker = Tracker(tracking_uri or chosen.study.user_attrs.get("tracking_uri"))
+    spec = as_spec(storage)
+    chosen = _choose(study_name, spec, trial)
+    tracker = Tracker(tracking_uri or chosen.record.tracking_uri)
     tracker.check()
     torch_device = resolve_device(device, key="--device")
 
@@ -101,8 +104,8 @@ def export_best(
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
-            files, evaluations, checks, model, payload = _export_via(
-                tmp, out, wanted, chosen, tracker, storage, torch_device, progress)
+            files, evaluations, checks, model, ckpt = _export_via(
+                tmp, out, wanted, chosen, tracker, spec.url, torch_device, progress)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -111,27 +114,25 @@ def export_best(
         run_id=chosen.run_id, metric=metric_name(chosen.study), value=chosen.value,
         files=files, metrics=split_metrics(evaluations), checks=checks,
     )
-    info = _write_back(tracker, result, model, payload)
+    info = _write_back(tracker, result, model, ckpt)
     if register:
         result.registered = str(register_model(
             tracker, register, chosen.run_id, info.model_uri, model_id=info.model_id,
-            score=float(result.metrics["test"]["tuned"]["mean_acc"]), split=split_key(payload),
+            score=float(result.metrics["test"]["tuned"]["mean_acc"]), split=split_key(ckpt),
             force=force, tags={"study": result.study_name,
                                "trial_number": str(result.trial_number)}))
     return result
 
 
 def _write_back(tracker: Tracker, result: ExportResult, model: torch.nn.Module,
-                payload: dict[str, Any]) -> Any:
+                ckpt: Checkpoint) -> Any:
     """The exported trial's run gets the model as an MLflow model (`model`), the test
     metrics (`test/...`) and the tag `celebhpo.exported` = the export folder."""
-    info = tracker.call("log model", log_mlflow_model, tracker.uri, result.run_id, model,
-                        payload)
-    now = int(time.time() * 1000)
-    metrics = [Metric(f"test/{k}", float(v), now, 0)
-               for k, v in _leaves(result.metrics["test"]).items()]
-    tracker.log_batch(result.run_id, metrics=metrics, tags=[
-        RunTag("celebhpo.exported", str(result.out.resolve()))])
+    info = log_mlflow_model(tracker, result.run_id, model, ckpt.decode_size, ckpt.mean,
+                            ckpt.std)
+    RunHandle(tracker, result.run_id).log(
+        metrics={f"test/{k}": v for k, v in _leaves(result.metrics["test"]).items()},
+        tags={"celebhpo.exported": result.out.resolve()})
     return info
 
 
@@ -146,9 +147,9 @@ def _leaves(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
-def split_key(payload: dict[str, Any]) -> str:
+def split_key(ckpt: Checkpoint) -> str:
     """Which test split a model was scored on: a digest of the data root and split sizes."""
-    data = payload["config"]["data"]
+    data = ckpt.section("data")
     keys = {k: data.get(k) for k in ("root", "train_size", "val_size", "test_size")}
     return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -160,6 +161,7 @@ class _Chosen:
     study: optuna.Study
     trial: optuna.trial.FrozenTrial
     run_id: str  # its MLflow run, which holds its checkpoint
+    record: StudyRecord  # what its study stores beside Optuna
 
     @property
     def value(self) -> float:
@@ -177,31 +179,38 @@ class _Chosen:
         return names.index(metric) if metric in names else 0
 
 
-def _choose(study_name: str | None, storage: str, number: int | None) -> _Chosen:
-    study, _ = load_study(study_name, storage)
-    best = require_best_trial(study, storage, number)
-    run_id = best.user_attrs.get("mlflow_run_id")
+def _choose(study_name: str | None, spec: StorageSpec, number: int | None) -> _Chosen:
+    study, cfg, record = open_study(study_name, spec)
+    if cfg.study.tracking == "off":
+        raise StudyError(
+            f"study '{study.study_name}' runs with tracking off ([study] tracking = \"off\"): "
+            "export-best takes the trial's checkpoint from its MLflow run; create the study "
+            "with tracking on to export its best model"
+        )
+    best = require_best_trial(study, spec.url, number)
+    run_id = best.user_attrs.get(RUN_ID_ATTR)
     if not run_id:
         raise StudyError(
             f"trial {best.number} of study '{study.study_name}' has no MLflow run (user attr "
-            "mlflow_run_id); it was not tracked, so there is no checkpoint to export"
+            "mlflow_run_id); it ran untracked (optimize --no-tracking), so there is no "
+            "checkpoint to export"
         )
-    return _Chosen(study, best, run_id)
+    return _Chosen(study, best, run_id, record)
 
 
 def _export_via(tmp: Path, out: Path, wanted: list[str], chosen: _Chosen, tracker: Tracker,
                 storage: str, device: torch.device, progress: bool,
                 ) -> tuple[list[Path], dict[str, SplitEvaluation], dict[str, float],
-                           torch.nn.Module, dict[str, Any]]:
+                           torch.nn.Module, Checkpoint]:
     """Download, evaluate, build and check in `tmp`, then publish into `out` ->
-    (files, evaluations, format checks, model, checkpoint payload)."""
-    payload = load_checkpoint(download_checkpoint(tracker, chosen.run_id, tmp / "download"))
-    model = model_from_checkpoint(payload).to(device).eval()
-    evaluations = evaluate_splits(model, payload, device, ("val", "test"), progress)
+    (files, evaluations, format checks, model, checkpoint)."""
+    ckpt = Checkpoint.load(download_checkpoint(tracker, chosen.run_id, tmp / "download"))
+    model = ckpt.model().to(device).eval()
+    evaluations = evaluate_splits(model, ckpt, device, ("val", "test"), progress)
     names = _model_files(wanted)
-    checks = _build(tmp / "build", model, payload, evaluations, names, chosen)
+    checks = _build(tmp / "build", model, ckpt, evaluations, names, chosen)
     card_md, card = model_card(
-        payload=payload, study_name=chosen.study.study_name, storage=storage,
+        ckpt=ckpt, study_name=chosen.study.study_name, storage=storage,
         trial=chosen.trial, metric=metric_name(chosen.study),
         direction=chosen.direction, run_id=chosen.run_id,
         tracking_uri=tracker.uri, evaluations=evaluations, files=names, checks=checks,
@@ -210,7 +219,7 @@ def _export_via(tmp: Path, out: Path, wanted: list[str], chosen: _Chosen, tracke
     (tmp / "build" / "model_card.json").write_text(
         json.dumps(card, indent=2, default=to_jsonable), encoding="utf-8")
     files = _publish(tmp / "build", out, names + list(CARD_FILES))
-    return files, evaluations, checks, model, payload
+    return files, evaluations, checks, model, ckpt
 
 
 def _model_files(wanted: list[str]) -> list[str]:
@@ -219,16 +228,13 @@ def _model_files(wanted: list[str]) -> list[str]:
             if backend == "torch" or backend in wanted]
 
 
-def _build(build: Path, model: torch.nn.Module, payload: dict[str, Any],
+def _build(build: Path, model: torch.nn.Module, ckpt: Checkpoint,
            evaluations: dict[str, SplitEvaluation], names: list[str],
            chosen: _Chosen) -> dict[str, float]:
     """`names` in `build`: model.pt (the checkpoint, now carrying where it came from and its
     evaluation at export: `val_metrics`, `test_metrics`) and the other formats, each checked
     against `model`; returns format -> max |diff| of logits."""
-    exported = dict(payload)
-    exported["val_metrics"] = evaluations["val"].metrics
-    exported["test_metrics"] = evaluations["test"].metrics
-    exported["export"] = {
+    origin = {
         "study": chosen.study.study_name, "trial_number": chosen.trial.number,
         "mlflow_run_id": chosen.run_id, "metric": metric_name(chosen.study),
         "value": chosen.value, "params": dict(chosen.trial.params),
@@ -236,10 +242,11 @@ def _build(build: Path, model: torch.nn.Module, payload: dict[str, Any],
         "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     build.mkdir()
-    save_checkpoint(build / EXPORT_FILES["torch"], exported)
+    exported = replace(ckpt, val_metrics=evaluations["val"].metrics,
+                       test_metrics=evaluations["test"].metrics, export=origin)
+    exported.save(build / EXPORT_FILES["torch"])
     checks: dict[str, float] = {}
-    example, check = check_inputs(evaluations["test"].batch,
-                                  int(payload["config"]["data"]["image_size"]))
+    example, check = check_inputs(evaluations["test"].batch, ckpt.decode_size)
     exporters = {"torchscript": export_torchscript, "onnx": export_onnx}
     for fmt, export in exporters.items():
         if EXPORT_FILES[fmt] in names:

@@ -34,6 +34,7 @@ from celebhpo.export.card_sections import fmt_value, measured_lines, quality_lin
 from celebhpo.export.formats import ATOL, RTOL
 from celebhpo.inference import EXPORT_FILES, SplitEvaluation
 from celebhpo.inference.evaluate import slice_summary
+from celebhpo.training.checkpoint import Checkpoint
 
 __all__ = ["CARD_FILES", "model_card", "split_metrics"]
 
@@ -49,18 +50,16 @@ def split_metrics(evaluations: dict[str, SplitEvaluation]) -> dict[str, dict[str
     return {s: {"n_images": ev.n_images, **ev.metrics} for s, ev in evaluations.items()}
 
 
-def model_card(*, payload: dict[str, Any], study_name: str, storage: str,
+def model_card(*, ckpt: Checkpoint, study_name: str, storage: str,
                trial: optuna.trial.FrozenTrial, metric: str, direction: str, run_id: str,
                tracking_uri: str, evaluations: dict[str, SplitEvaluation], files: list[str],
                checks: dict[str, float]) -> tuple[str, dict[str, Any]]:
     """(markdown, JSON-able dict) describing the exported model; `evaluations` are its
     validation and test evaluations (inference.evaluate_splits), `checks` each format's
     max |diff| of logits."""
-    cfg = payload.get("config") or {}
-    data = cfg.get("data") or {}
-    train = cfg.get("train") or {}
-    attributes = [str(a) for a in payload.get("attributes", [])]
-    thresholds = [float(t) for t in payload.get("thresholds", [])]
+    data, train = ckpt.section("data"), ckpt.section("train")
+    attributes = [str(a) for a in ckpt.attributes]
+    thresholds = [float(t) for t in ckpt.thresholds]
     tuned_for = train.get("threshold_metric")
     card: dict[str, Any] = {
         "format": "celebhpo-model-card",
@@ -70,12 +69,12 @@ def model_card(*, payload: dict[str, Any], study_name: str, storage: str,
         "objective": {"metric": metric, "direction": direction,
                       "value": _metric_value(trial, metric)},
         "mlflow": {"tracking_uri": tracking_uri, "run_id": run_id},
-        "architecture": payload.get("arch") or train.get("arch"),
+        "architecture": ckpt.arch or train.get("arch"),
         "params": dict(trial.params),
         "train": train,
         "data": {k: data.get(k) for k in ("root", "layout", "image_size", "crop", "train_size",
                                           "val_size", "test_size", "subset", "subset_seed")},
-        "best_epoch": payload.get("epoch"),
+        "best_epoch": ckpt.epoch,
         # measured when the trial ended (hpo.objective): size, and latency on its device
         "measured": {k: trial.user_attrs[k] for k in ("params_m", "latency_ms", "latency_ms_b64",
                                                       "device") if k in trial.user_attrs},
@@ -102,12 +101,12 @@ def model_card(*, payload: dict[str, Any], study_name: str, storage: str,
                    if ev.slices is not None},
         "reports": {s: json.loads(ev.report.to_json(orient="records"))
                     for s, ev in evaluations.items()},
-        "normalization": payload.get("normalization") or {},
+        "normalization": ckpt.normalization,
         "files": files,
         "format_checks": {k: {"max_abs_diff": v, "rtol": RTOL, "atol": ATOL}
                           for k, v in checks.items()},
     }
-    markdown = _markdown(card, payload, trial)
+    markdown = _markdown(card, ckpt, trial)
     return mask_url(markdown), json.loads(mask_url(json.dumps(card, default=to_jsonable)))
 
 
@@ -136,13 +135,12 @@ def _metric_value(trial: optuna.trial.FrozenTrial, metric: str) -> float:
     return float(trial.user_attrs.get(metric, math.nan))
 
 
-def _markdown(card: dict[str, Any], payload: dict[str, Any],
-              trial: optuna.trial.FrozenTrial) -> str:
+def _markdown(card: dict[str, Any], ckpt: Checkpoint, trial: optuna.trial.FrozenTrial) -> str:
     """The card for people: what the model is, its data, its metrics, how to load it."""
-    data = (payload.get("config") or {}).get("data") or {}
+    data = ckpt.section("data")
     train, norm, files = card["train"], card["normalization"], card["files"]
     metric, direction = card["objective"]["metric"], card["objective"]["direction"]
-    size, n_attr = data.get("image_size", "S"), len(payload.get("attributes", []))
+    size, n_attr = data.get("image_size", "S"), len(ckpt.attributes)
     n = {s: card["metrics"][s]["n_images"] for s in SPLITS}
     lines = [
         f"# {card['architecture']} - best trial {trial.number} of study `{card['study']}`",
@@ -157,7 +155,7 @@ def _markdown(card: dict[str, Any], payload: dict[str, Any],
                                  or "none"),
         f"- head: Linear -> ReLU -> Dropout({train.get('dropout')}) -> Linear; "
         f"num_features = {train.get('num_features')}; logits out, sigmoid per attribute",
-        f"- trained: {train.get('epochs')} epochs max, best epoch {payload.get('epoch')}, "
+        f"- trained: {train.get('epochs')} epochs max, best epoch {ckpt.epoch}, "
         f"optimizer {train.get('optimizer')}, lr {train.get('lr')}, batch {train.get('batch_size')}"
         f", class weighting {train.get('class_weighting')}",
         f"- MLflow run `{card['mlflow']['run_id']}` in `{card['mlflow']['tracking_uri']}`; "
@@ -229,9 +227,9 @@ def _how_to_load(size: Any, n_attr: int, files: list[str]) -> list[str]:
              "result = predict(model, ['face.jpg'])   # threshold='tuned' | '0.5' | 0.3",
              "",
              "import torch                             # without celebhpo",
-             "from celebhpo.training.checkpoint import load_checkpoint, model_from_checkpoint",
-             "ckpt = load_checkpoint('DIR/model.pt')    # torch.load(weights_only=True)",
-             "net = model_from_checkpoint(ckpt)        # eval mode",
+             "from celebhpo.training.checkpoint import Checkpoint",
+             "ckpt = Checkpoint.load('DIR/model.pt')    # torch.load(weights_only=True)",
+             "net = ckpt.model()                       # eval mode",
              "```",
              f"Inputs: float32 (B, 3, {size}, {size}), preprocessed as above. Outputs: logits "
              f"(B, {n_attr}); `sigmoid(logits) > thresholds` gives the attributes "

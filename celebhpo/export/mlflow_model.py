@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from celebhpo.data import normalize
-from celebhpo.tracking.registry import global_uris
+from celebhpo.tracking import Tracker, log_pytorch_model
 
 __all__ = ["ImageAttributes", "log_mlflow_model"]
 
@@ -34,24 +34,14 @@ class ImageAttributes(torch.nn.Module):
         return torch.sigmoid(self.model(x).float())
 
 
-def log_mlflow_model(uri: str, run_id: str, model: torch.nn.Module, payload: dict[str, Any]
-                     ) -> Any:
-    """Log `model` (wrapped in ImageAttributes, on the CPU) to run `run_id` as the MLflow
-    model `model`, with a signature and an input example of two seeded-noise images.
+def log_mlflow_model(tracker: Tracker, run_id: str, model: torch.nn.Module, size: int,
+                     mean: list[float], std: list[float]) -> Any:
+    """Log `model` (wrapped in ImageAttributes, on the CPU; it takes `size` x `size` images,
+    normalized by `mean`/`std`) to run `run_id` as the MLflow model `model`, in the run's
+    experiment, with a signature and an input example of two seeded-noise images.
     Returns MLflow's ModelInfo (`model_uri`, `model_id`)."""
-    import mlflow
-    import mlflow.pytorch
-    from mlflow.models import infer_signature
-
-    size = int(payload["config"]["data"]["image_size"])
-    norm = payload["normalization"]
-    wrapped = ImageAttributes(copy.deepcopy(model).cpu().eval(), norm["mean"], norm["std"])
+    wrapped = ImageAttributes(copy.deepcopy(model).cpu().eval(), mean, std)
     example = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
     with torch.no_grad():
         output = wrapped(torch.from_numpy(example)).numpy()
-    signature = infer_signature(example, output)
-    with global_uris(uri):
-        return mlflow.pytorch.log_model(
-            wrapped, name="model", signature=signature, input_example=example, run_id=run_id,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                              f"mlflow=={mlflow.__version__}"])
+    return log_pytorch_model(tracker, run_id, wrapped, example, output)

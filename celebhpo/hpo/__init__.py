@@ -17,12 +17,27 @@ from celebhpo.hpo.results import (
     pareto_front,
     require_best_trial,
 )
-from celebhpo.hpo.storage import DEFAULT_STORAGE, open_storage, parse_storage
-from celebhpo.hpo.studies import CreateResult, create_study, list_studies, load_study
+from celebhpo.hpo.storage import (
+    DEFAULT_STORAGE,
+    StorageSpec,
+    as_spec,
+    open_storage,
+    parse_storage,
+)
+from celebhpo.hpo.studies import (
+    CreateResult,
+    StudyRecord,
+    create_study,
+    list_studies,
+    load_study,
+    open_study,
+)
+from celebhpo.hpo.trial import FinishedTrial
 from celebhpo.hpo.worker import OptimizeSummary, optimize
 
 __all__ = [
-    "DEFAULT_STORAGE", "CreateResult", "OptimizeSummary", "best_trial", "create_study",
+    "DEFAULT_STORAGE", "CreateResult", "FinishedTrial", "OptimizeSummary", "best_trial", "create_study",
     "launch_workers", "leaderboard", "list_studies", "load_study", "metric_name", "metric_names",
     "open_storage", "optimize", "pareto_board", "pareto_front", "parse_storage", "require_best_trial",
+    "StorageSpec", "StudyRecord", "as_spec", "open_study",
 ]

@@ -3,6 +3,9 @@
 The launcher reaps each worker as it exits, whichever exits first: a worker killed (kill -9,
 the OOM killer) must not linger as a zombie, which the survivors would take for a live worker
 still running its trial (liveness.py also counts zombies as dead).
+
+The workers get the storage through the environment (STORAGE_ENV, which `--storage` reads),
+never argv: `ps` shows argv to every user of the machine, and a URL may hold a password.
 """
 
 from __future__ import annotations
@@ -14,53 +17,55 @@ import sys
 from typing import Any
 
 from celebhpo.errors import StudyError
-from celebhpo.hpo.storage import DEFAULT_STORAGE, parse_storage
+from celebhpo.hpo.storage import StorageSpec
 
-__all__ = ["WORKER_ENV", "launch_workers"]
+__all__ = ["STORAGE_ENV", "WORKER_ENV", "launch_workers"]
 
 WORKER_ENV = "CELEBHPO_WORKER"  # set by launch_workers: the child's label, e.g. "gpu1"
+STORAGE_ENV = "CELEBHPO_STORAGE"  # the storage URL, as the CLI's --storage reads it
 
 
-def launch_workers(devices: list[str], args: list[str]) -> int:
+def launch_workers(devices: list[str], args: list[str], storage: StorageSpec) -> int:
     """Start `python -m celebhpo *args` once per device with CUDA_VISIBLE_DEVICES=device and
-    wait for all, reaping each as it exits. Ctrl-C/SIGTERM is passed on once (each worker
-    fails its running trial, re-queues it and exits); a second one kills the workers. Returns
-    the exit code: 0 when every worker succeeded, 130 when interrupted, else the first failing
-    worker's code (128 + N for a worker killed by signal N).
+    wait for all, reaping each as it exits. The first Ctrl-C/SIGTERM is passed on as SIGTERM
+    (each worker fails its running trial, re-queues it and exits 143); a second one kills the
+    workers (SIGKILL: their trials are left to the owner/heartbeat recovery). Returns the exit
+    code: 0 when every worker succeeded, 128 + the first signal when interrupted (130 for
+    SIGINT, 143 for SIGTERM, as a lone worker), else the first failing worker's code (128 + N
+    for a worker killed by signal N).
 
-    `args` must name a storage several processes can share (journal file or PostgreSQL).
+    `storage` must be one several processes can share (journal file or PostgreSQL); the
+    workers get it as STORAGE_ENV, and `args` leave out --storage.
     """
     devices = [d.strip() for d in devices if d.strip()]
     if not devices:
         raise StudyError("--devices needs at least one device id, e.g. --devices 0,1")
     if len(set(devices)) != len(devices):
         raise StudyError(f"--devices lists a device twice: {','.join(devices)}")
-    storage = _arg_value(args, "--storage") or os.environ.get("CELEBHPO_STORAGE") or DEFAULT_STORAGE
-    spec = parse_storage(storage)
-    if not spec.multiprocess:
+    if not storage.multiprocess:
         raise StudyError(
-            f"--devices starts {len(devices)} worker processes but storage {spec.masked} is "
+            f"--devices starts {len(devices)} worker processes but storage {storage.masked} is "
             "SQLite, which is for one process; use a journal file (--storage studies/NAME.log) "
             "or PostgreSQL (--storage postgresql+psycopg2://user:pass@host/db)"
         )
 
     procs: list[tuple[str, subprocess.Popen]] = []
-    interrupts = 0
+    interrupts: list[int] = []  # the signals received, in order
 
-    def forward(signum: int, frame: Any) -> None:
-        nonlocal interrupts
-        interrupts += 1
+    def forward(signum: int, frame: Any) -> None:  # records and passes on; never raises
+        interrupts.append(signum)
         for _, proc in procs:
             if proc.poll() is None:
-                # first time: a clean stop (SIGTERM becomes KeyboardInterrupt in optimize)
-                proc.send_signal(signal.SIGTERM if interrupts == 1 else signal.SIGKILL)
+                # first time: a clean stop at the worker's next safe point (celebhpo.stopping)
+                proc.send_signal(signal.SIGTERM if len(interrupts) == 1 else signal.SIGKILL)
 
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     for s in previous:
         signal.signal(s, forward)
     try:
         for device in devices:
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": device, WORKER_ENV: f"gpu{device}"}
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": device, WORKER_ENV: f"gpu{device}",
+                   STORAGE_ENV: storage.url}
             # a session of its own: the terminal's Ctrl-C reaches the workers only through us,
             # once, instead of twice
             proc = subprocess.Popen([sys.executable, "-m", "celebhpo", *args], env=env,
@@ -77,7 +82,7 @@ def launch_workers(devices: list[str], args: list[str]) -> int:
             signal.signal(s, handler)
     failed = [code for code in codes if code != 0]
     if interrupts:
-        return 130
+        return 128 + interrupts[0]
     return failed[0] if failed else 0
 
 
@@ -104,11 +109,3 @@ def _reap(procs: list[tuple[str, subprocess.Popen]]) -> list[int]:
         codes.append(code if code >= 0 else 128 - code)
     return codes
 
-
-def _arg_value(args: list[str], flag: str) -> str | None:
-    for i, arg in enumerate(args):
-        if arg == flag and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-    return None

@@ -47,12 +47,14 @@ from optuna.trial import FrozenTrial, TrialState
 from celebhpo.hpo.owner import OWNER_KEYS, is_dead_local, is_local, is_owned, worker_identity
 from celebhpo.hpo.retry import (
     DUPLICATE_OF,
+    FAIL_REASON,
     MAX_RETRY,
     RETRY_WANTED,
     RequeueStale,
     first_rerun,
     requeue,
     requeue_orphans,
+    rerun_of,
 )
 
 __all__ = ["DUPLICATE_OF", "MAX_RETRY", "OWNER_KEYS", "RETRY_WANTED", "RequeueStale",
@@ -92,8 +94,8 @@ def claim_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
             return _trial(study, frozen._trial_id)
         study._storage.set_trial_user_attr(frozen._trial_id, DUPLICATE_OF, first)
         study._storage.set_trial_user_attr(
-            frozen._trial_id, "fail_reason", f"a second re-run of trial "
-            f"{frozen.system_attrs['retry_history'][-1]} (trial {first} re-runs it)")
+            frozen._trial_id, FAIL_REASON, f"a second re-run of trial "
+            f"{rerun_of(frozen)} (trial {first} re-runs it)")
         study.tell(frozen.number, state=TrialState.FAIL)
     return None
 
@@ -226,7 +228,7 @@ def fail_and_requeue(study: optuna.Study, frozen: FrozenTrial, reason: str) -> b
     finished it first (then that worker re-queues it)."""
     try:
         # a user attr can be set publicly only through the Trial its own worker holds
-        study._storage.set_trial_user_attr(frozen._trial_id, "fail_reason", reason)
+        study._storage.set_trial_user_attr(frozen._trial_id, FAIL_REASON, reason)
         study._storage.set_trial_user_attr(frozen._trial_id, RETRY_WANTED, True)
         study.tell(frozen.number, state=TrialState.FAIL)
     except (UpdateFinishedTrialError, ValueError):
@@ -273,5 +275,5 @@ def recover_lost_trials(study: optuna.Study, *, heartbeat: bool, grace_period: f
     numbers = {t.number for t in running}
     lost = [t for t in trials if t.number in failed_here or (
         t.number in numbers and t.state == TrialState.FAIL
-        and "fail_reason" not in t.user_attrs)]
+        and FAIL_REASON not in t.user_attrs)]
     return trials, orphans + lost

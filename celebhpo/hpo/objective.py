@@ -10,7 +10,8 @@ run's tag `resume_epoch` says which epoch it holds. A trial re-queued after its 
 attempts' runs, replays those epochs through the reporter (Optuna and the new run see the
 whole curve; pruning may fire there) and trains only the epochs after it; its run is tagged
 `retry_of` (the attempt it replaces), `resumed_from_run` and `resumed_from_epoch`. The states
-are deleted when the trial ends for good (COMPLETE, PRUNED, diverged).
+are deleted when the trial ends for good (COMPLETE, PRUNED, diverged). With tracking off
+(`[study] tracking = "off"`, `--no-tracking`) no run keeps them: a retried trial starts over.
 
 This module imports torch (through training and data); trial.py imports it only when a trial
 runs, so commands that only read studies start fast.
@@ -24,21 +25,20 @@ import json
 import logging
 import math
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import optuna
-from mlflow.entities import Metric, RunTag
 
-from celebhpo._interrupt import shielded
 from celebhpo.config import StudyConfig
 from celebhpo.data import DataBundle, load_data
 from celebhpo.errors import CheckpointError, TrainingError
-from celebhpo.hpo.results import best_trial, better
+from celebhpo.hpo.results import best_trial, direction
 from celebhpo.hpo.resume_states import RESUME_DIR, RESUME_FILE, RESUME_TAG, ResumeStates
-from celebhpo.objectives import TRIAL_METRICS, violations
-from celebhpo.tracking import TrialRun
+from celebhpo.objectives import TRIAL_METRICS, best_of, better, violations
+from celebhpo.stopping import StopRequest
+from celebhpo.tracking import NullTrialRun, TrialRun
+from celebhpo.training.epoch import StopCheck
 from celebhpo.training.latency import count_params_m, measure_latency
 from celebhpo.training.loop import Callback, FitResult, fit
 from celebhpo.training.models import create_model
@@ -83,8 +83,7 @@ class TrialReporter(Callback):
         value = float(metrics[self.metric])
         if not self.report:
             return
-        with shielded():  # a storage write (celebhpo._interrupt)
-            self.trial.report(value, epoch)
+        self.trial.report(value, epoch)
         if (self.epochs is None or epoch < self.epochs) and self.trial.should_prune():
             self.pruned_at = epoch
             raise optuna.TrialPruned(f"pruned at epoch {epoch}: {self.metric} {value:.4f}")
@@ -97,33 +96,37 @@ class TrialReporter(Callback):
             out["resumed_from_epoch"] = self.resumed_from
         scored = [h for h in self.history if _num(h.get(self.metric)) is not None]
         if scored:
-            pick = min if self.direction == "minimize" else max
-            best = pick(scored, key=lambda h: float(h[self.metric]))  # first of ties, as fit
+            best = best_of(scored, self.direction,  # first of ties, as fit
+                           key=lambda h: float(h[self.metric]))
             out.update(best_epoch=int(best["epoch"]),
                        **{k: _num(best.get(k)) for k in _FIGURES if k in best})
         return out
 
 
-def train(tcfg: StudyConfig, run: TrialRun, reporter: TrialReporter,
-          data_cache: dict[str, DataBundle], *, progress: bool, keep_all: bool
-          ) -> tuple[float | list[float], dict[str, Any]]:
+def train(tcfg: StudyConfig, run: TrialRun | NullTrialRun, reporter: TrialReporter,
+          data_cache: dict[str, DataBundle], *, progress: bool, keep_all: bool,
+          stop: StopRequest | None = None) -> tuple[float | list[float], dict[str, Any]]:
     """Train the trial's config `tcfg` and log the result to its `run`; the checkpoint goes
     along when `keep_all`, when the trial is the best so far and meets the constraints, or
     in a study of several metrics (any trial may be on the front). Data is decoded once per
     worker (`data_cache`). A retried trial resumes from its earlier attempts' latest resume
     state (module docstring). The finished model's size and latency are measured
-    (`_measure`), and the constraints checked. Returns (the trial's value, or its values in
-    a study of several metrics; user attrs to store)."""
+    (`_measure`), and the constraints checked. A `stop` request is answered between batches,
+    epochs and cache chunks (Interrupted). Returns (the trial's value, or its values in a
+    study of several metrics; user attrs to store)."""
+    stop = stop or StopRequest()
     trial = reporter.trial
     reporter.run = run
     bar = EpochProgress(tcfg.train.epochs, label=f"t{trial.number:03d}", enabled=progress)
     try:
-        data = _data(tcfg, data_cache, progress)
+        data = _data(tcfg, data_cache, progress, stop)
         with tempfile.TemporaryDirectory(prefix="celebhpo-trial-") as tmp:
             if data.skipped:  # name them where the trial's figures are
                 _log_skipped(run, data.skipped, Path(tmp) / "skipped_images.csv")
-            states = ResumeStates(run, trial, Path(tmp), keep=tcfg.study.resume)
-            result = _fit(tcfg, data, bar, reporter, Path(tmp) / "model.pt", states)
+            states = ResumeStates(run, trial, Path(tmp), keep=tcfg.study.resume
+                                  and tcfg.study.tracking == "on")  # kept in MLflow
+            result = _fit(tcfg, data, [StopCheck(stop), bar], reporter, Path(tmp) / "model.pt",
+                          states)
             figures = {**result.best_metrics, **_measure(tcfg, len(data.attributes),
                                                          result.device)}
             values = [float(figures[m]) for m in tcfg.study.objective_names()]
@@ -163,26 +166,26 @@ def _measure(tcfg: StudyConfig, n_labels: int, device: str) -> dict[str, float]:
     return out
 
 
-def _log_measured(run: TrialRun, figures: dict[str, Any], constraints: dict[str, float],
-                  missed: list[str]) -> None:
+def _log_measured(run: TrialRun | NullTrialRun, figures: dict[str, Any],
+                  constraints: dict[str, float], missed: list[str]) -> None:
     """The model's size and latency as metrics of the trial's run; with constraints, the tag
     `feasible` (and `violated`, the constraints it misses)."""
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, float(figures[k]), now, 0)
-               for k in (*TRIAL_METRICS, "latency_ms_b64") if _num(figures.get(k)) is not None]
-    tags = []
+    metrics = {k: float(figures[k])
+               for k in (*TRIAL_METRICS, "latency_ms_b64") if _num(figures.get(k)) is not None}
+    tags = {}
     if constraints:
-        tags.append(RunTag("feasible", "false" if missed else "true"))
+        tags["feasible"] = "false" if missed else "true"
         if missed:
-            tags.append(RunTag("violated", ",".join(missed)))
-    run.tracker.log_batch(run.run_id, metrics=metrics, tags=tags)
+            tags["violated"] = ",".join(missed)
+    run.log(metrics, tags)
 
 
-def _fit(tcfg: StudyConfig, data: DataBundle, bar: EpochProgress, reporter: TrialReporter,
+def _fit(tcfg: StudyConfig, data: DataBundle, first: list[Callback], reporter: TrialReporter,
          ckpt: Path, states: ResumeStates) -> FitResult:
-    """fit, resumed from an earlier attempt's state when there is a usable one. A state that
-    does not load into the model after all (nothing replayed yet) is dropped with one line."""
-    callbacks = [bar, reporter]
+    """fit (callbacks: `first`, then the reporter), resumed from an earlier attempt's state
+    when there is a usable one. A state that does not load into the model after all (nothing
+    replayed yet) is dropped with one line."""
+    callbacks = [*first, reporter]
     if not states.keep:
         return fit(tcfg, data, callbacks, ckpt)
     state = reporter.resume = states.find(tcfg, data)
@@ -202,12 +205,14 @@ def _fit(tcfg: StudyConfig, data: DataBundle, bar: EpochProgress, reporter: Tria
         raise
 
 
-def _data(tcfg: StudyConfig, cache: dict[str, DataBundle], progress: bool) -> DataBundle:
+def _data(tcfg: StudyConfig, cache: dict[str, DataBundle], progress: bool, stop: StopRequest
+          ) -> DataBundle:
     """Decoded images for the trial's data config, loaded once per worker; the images that
     could not be read are named once, when they are skipped."""
     key = json.dumps(dataclasses.asdict(tcfg.data), sort_keys=True)
     if key not in cache:
-        cache[key] = data = load_data(tcfg.data, splits=("train", "val"), progress=progress)
+        cache[key] = data = load_data(tcfg.data, splits=("train", "val"), progress=progress,
+                                      stop=stop)
         if data.skipped:
             shown = ", ".join(f"{name} ({reason})" for name, reason in data.skipped[:5])
             more = f" and {len(data.skipped) - 5} more" if len(data.skipped) > 5 else ""
@@ -216,20 +221,19 @@ def _data(tcfg: StudyConfig, cache: dict[str, DataBundle], progress: bool) -> Da
     return cache[key]
 
 
-def _log_skipped(run: TrialRun, skipped: list[tuple[str, str]], path: Path) -> None:
+def _log_skipped(run: TrialRun | NullTrialRun, skipped: list[tuple[str, str]], path: Path
+                 ) -> None:
     """skipped_images.csv (image, reason) on the trial's run, and its count as a tag."""
     with path.open("w", newline="") as f:
         csv.writer(f).writerows([("image", "reason"), *skipped])
-    tracker = run.tracker
-    tracker.call("log artifact", tracker.client.log_artifact, run.run_id, str(path))
-    tracker.call("set tag", tracker.client.set_tag, run.run_id, "skipped_images",
-                 str(len(skipped)))
+    run.log_file(path)
+    run.log(tags={"skipped_images": len(skipped)})
 
 
 def _best_so_far(study: optuna.Study, value: float) -> bool:
     """Whether `value` is at least as good as every COMPLETE trial's (a tie is)."""
     best = best_trial(study)
-    return best is None or value == best.value or better(study)(value, best.value)
+    return best is None or value == best.value or better(value, best.value, direction(study))
 
 
 def _num(value: Any) -> float | None:

@@ -2,8 +2,8 @@
 several metrics), trials counted by state, the leaderboard. Read-only: nothing here changes a
 study.
 
-"Better" is defined once, from the study's direction (`better`; the first metric's in a
-study of several), and everything that ranks trials uses it. A study with `[study]
+"Better" is `objectives.better` in the study's direction (`direction`; the first metric's
+in a study of several), and everything that ranks trials uses it. A study with `[study]
 constraints` stores each trial's constraint values in Optuna (`Trial.set_constraint`); an
 infeasible trial is never the best one nor on the front (`feasible`).
 """
@@ -11,18 +11,19 @@ infeasible trial is never the best one nor on the front (`feasible`).
 from __future__ import annotations
 
 import functools
-import operator
 import shlex
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from celebhpo.errors import StudyError, mask_url
-from celebhpo.hpo.retry import DUPLICATE_OF
+from celebhpo.hpo.record import StudyRecord
+from celebhpo.hpo.retry import DUPLICATE_OF, FAIL_REASON, rerun_of
+from celebhpo.objectives import best_of, better
 
-__all__ = ["STATE_ORDER", "best_trial", "better", "feasible", "leaderboard", "metric_name",
+__all__ = ["STATE_ORDER", "best_trial", "direction", "feasible", "leaderboard", "metric_name",
            "metric_names", "pareto_board", "pareto_front", "require_best_trial", "state_counts"]
 
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
@@ -31,14 +32,13 @@ STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4
 def metric_name(study: optuna.Study) -> str:
     """The study file's `[study] metric` (what a single-objective trial's value is; the
     epoch metric of a study of several), "value" if unknown."""
-    cfg = study.user_attrs.get("config") or {}
-    return str((cfg.get("study") or {}).get("metric") or "value")
+    record = StudyRecord.of(study)
+    return record.metric if record else "value"
 
 
 def metric_names(study: optuna.Study) -> list[str]:
     """What each of a trial's values is: `[study] metric`, or its list."""
-    cfg = (study.user_attrs.get("config") or {}).get("study") or {}
-    names = list(cfg.get("objectives") or [])
+    names = record.objectives if (record := StudyRecord.of(study)) else []
     return names if len(names) == len(study.directions) else [metric_name(study)]
 
 
@@ -52,16 +52,9 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(study.best_trials, key=lambda t: t.number)
 
 
-def better(study: optuna.Study) -> Callable[[float, float], bool]:
-    """`better(a, b)`: whether value `a` beats `b` in the study's direction (ties do not;
-    the first metric's direction in a study of several)."""
-    first = study.directions[0]
-    return operator.lt if first == optuna.study.StudyDirection.MINIMIZE else operator.gt
-
-
-def _ranked(study: optuna.Study, values: Iterable[float]) -> float:
-    """The best of `values` in the study's direction."""
-    return (min if better(study) is operator.lt else max)(values)
+def direction(study: optuna.Study) -> str:
+    """"minimize" or "maximize": the study's (its first metric's, in a study of several)."""
+    return study.directions[0].name.lower()
 
 
 def state_counts(trials: Iterable[FrozenTrial]) -> dict[str, int]:
@@ -79,11 +72,7 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
                 if feasible(t)]
     if not complete or len(study.directions) != 1:
         return None
-    best = complete[0]
-    for t in complete[1:]:
-        if better(study)(t.value, best.value):
-            best = t
-    return best
+    return best_of(complete, direction(study), key=lambda t: t.value)
 
 
 def require_best_trial(study: optuna.Study, storage: str, number: int | None = None
@@ -143,8 +132,8 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     trials = study.get_trials(deepcopy=False)
     metrics = metric_names(study)
     multi = len(metrics) > 1
-    retried = {n: t.number for t in trials for n in t.system_attrs.get("retry_history", [])[-1:]
-               if DUPLICATE_OF not in t.user_attrs}  # a re-run queued twice ran as the first
+    retried = {rerun_of(t): t.number for t in trials  # a re-run queued twice ran as the first
+               if rerun_of(t) is not None and DUPLICATE_OF not in t.user_attrs}
     param_names = list(dict.fromkeys(k for t in trials for k in t.params))
     figures = [k for k in ("val_loss", "val_mean_acc", "val_map", "val_worst_group_acc",
                            "latency_ms", "params_m")
@@ -195,7 +184,7 @@ def _scores(study: optuna.Study, t: FrozenTrial, metrics: list[str]) -> list[flo
         return list(t.values)
     reported = list(t.intermediate_values.values())
     if len(metrics) == 1:
-        return [_ranked(study, reported) if reported else None]
+        return [best_of(reported, direction(study)) if reported else None]
     return [t.user_attrs.get(m) for m in metrics]
 
 
@@ -207,7 +196,7 @@ def _feasible_text(t: FrozenTrial) -> str:
 
 
 def _note(t: FrozenTrial, retried: dict[int, int]) -> str:
-    note = t.user_attrs.get("fail_reason", "") if t.state == TrialState.FAIL else ""
+    note = t.user_attrs.get(FAIL_REASON, "") if t.state == TrialState.FAIL else ""
     if t.state == TrialState.PRUNED and t.user_attrs.get("pruned_at") is not None:
         note = f"pruned at epoch {t.user_attrs['pruned_at']}"
     if t.number in retried:
@@ -219,7 +208,7 @@ def _sorted_rows(study: optuna.Study, rows: list[dict], metric: str) -> list[dic
     """By state (STATE_ORDER), trials that miss the constraints after those that meet them;
     within COMPLETE and PRUNED best value first (`better`), rows without a value last; ties by
     trial number."""
-    is_better = better(study)
+    how = direction(study)
 
     def compare(a: dict, b: dict) -> int:
         ka, kb = STATE_ORDER.get(a["state"], 5), STATE_ORDER.get(b["state"], 5)
@@ -231,9 +220,9 @@ def _sorted_rows(study: optuna.Study, rows: list[dict], metric: str) -> list[dic
         va, vb = (r[metric] if r["state"] in ("COMPLETE", "PRUNED") else None for r in (a, b))
         if (va is None) != (vb is None):
             return 1 if va is None else -1
-        if va is not None and is_better(va, vb):
+        if va is not None and better(va, vb, how):
             return -1
-        if va is not None and is_better(vb, va):
+        if va is not None and better(vb, va, how):
             return 1
         return a["trial"] - b["trial"]
 

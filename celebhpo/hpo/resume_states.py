@@ -1,5 +1,5 @@
-"""A retried trial's resume states in MLflow (see hpo.objective): its own run's, uploaded
-after each epoch, and its earlier attempts', found, loaded and at the end deleted."""
+"""A retried trial's resume states on its tracked runs (see hpo.objective): its own run's,
+uploaded after each epoch, and its earlier attempts', found, loaded and at the end deleted."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from mlflow.entities import RunTag
-from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from celebhpo.config import StudyConfig
 from celebhpo.data import DataBundle
 from celebhpo.errors import CheckpointError, TrackingError
-from celebhpo.tracking import TrialRun
+from celebhpo.hpo.retry import retry_history
+from celebhpo.tracking import RUN_ID_ATTR, NullTrialRun, TrialRun
 from celebhpo.training.checkpoint import load_resume_state, save_resume_state
 from celebhpo.training.resume import check_state, data_shape
 
@@ -32,14 +31,14 @@ class ResumeStates:
     `on_state`), and its earlier attempts' (a retry's), found and at the end deleted. A
     retry's run is tagged `retry_of` whether or not it `keep`s states ([study] resume)."""
 
-    def __init__(self, run: TrialRun, trial: optuna.Trial, folder: Path, *, keep: bool) -> None:
+    def __init__(self, run: TrialRun | NullTrialRun, trial: optuna.Trial, folder: Path, *,
+                 keep: bool) -> None:
         self.run, self.trial, self.folder, self.keep = run, trial, folder, keep
-        self.tracker = run.tracker
         self.uploaded = False
         self.warned = False
         self.earlier = self._earlier_runs()  # (run id, its resume epoch or 0), newest first
         if self.earlier:
-            self._tag(run.run_id, retry_of=self.earlier[0][0])
+            run.log(tags={"retry_of": self.earlier[0][0]})
 
     def __call__(self, state: dict[str, Any]) -> None:
         """Upload the state of the epoch just finished. A failure costs only a longer retry,
@@ -47,10 +46,9 @@ class ResumeStates:
         path = self.folder / RESUME_FILE
         try:
             save_resume_state(path, state, durable=False)
-            self.tracker.call("log resume state", self.tracker.client.log_artifact,
-                              self.run.run_id, str(path), RESUME_DIR)
+            self.run.log_file(path, RESUME_DIR)
             self.uploaded = True
-            self._tag(self.run.run_id, **{RESUME_TAG: state["epoch"]})
+            self.run.log(tags={RESUME_TAG: state["epoch"]})
         except (TrackingError, CheckpointError, OSError) as e:
             if not self.warned:
                 log.warning("trial %d: resume state of epoch %d not saved (a retry would "
@@ -63,9 +61,8 @@ class ResumeStates:
             if not epoch:
                 continue
             try:
-                path = self.tracker.call(
-                    "download resume state", self.tracker.client.download_artifacts, run_id,
-                    f"{RESUME_DIR}/{RESUME_FILE}", str(self.folder / run_id))
+                path = self.run.other(run_id).download(f"{RESUME_DIR}/{RESUME_FILE}",
+                                                       self.folder / run_id)
                 state = load_resume_state(path)
                 check_state(state, tcfg.to_dict(), data_shape(data))
             except (TrackingError, CheckpointError, OSError) as e:
@@ -74,8 +71,8 @@ class ResumeStates:
                 continue
             log.warning("trial %d resumed from epoch %d of MLflow run %s", self.trial.number,
                         state["epoch"], run_id)
-            self._tag(self.run.run_id, resumed_from_run=run_id,
-                      resumed_from_epoch=state["epoch"])
+            self.run.log(tags={"resumed_from_run": run_id,
+                               "resumed_from_epoch": state["epoch"]})
             return state
         return None
 
@@ -86,31 +83,24 @@ class ResumeStates:
             runs.insert(0, self.run.run_id)
         for run_id in runs:
             try:
-                info = self.tracker.call("get run", self.tracker.client.get_run, run_id).info
-                repo = get_artifact_repository(info.artifact_uri, tracking_uri=self.tracker.uri)
-                self.tracker.call("delete resume state", repo.delete_artifacts, RESUME_DIR)
-                self.tracker.call("delete tag", self.tracker.client.delete_tag, run_id,
-                                  RESUME_TAG)
+                run = self.run.other(run_id)
+                run.delete_files(RESUME_DIR)
+                run.delete_tags(RESUME_TAG)
             except Exception as e:  # noqa: BLE001 - a leftover state never fails a trial
                 log.warning("trial %d: resume state of MLflow run %s not deleted: %s",
                             self.trial.number, run_id, e)
 
     def forget(self) -> None:
         """Untag the run's resume: `find`'s state did not load after all."""
-        for key in ("resumed_from_run", "resumed_from_epoch"):
-            self.tracker.call("delete tag", self.tracker.client.delete_tag, self.run.run_id, key)
+        self.run.delete_tags("resumed_from_run", "resumed_from_epoch")
 
     def _earlier_runs(self) -> list[tuple[str, int]]:
         trials = {t.number: t for t in self.trial.study.get_trials(deepcopy=False)}
         me = trials.get(self.trial.number)
-        history = me.system_attrs.get("retry_history", []) if me is not None else []
+        history = retry_history(me) if me is not None else []
         out = []
         for number in reversed(history):
-            run_id = trials[number].user_attrs.get("mlflow_run_id") if number in trials else None
+            run_id = trials[number].user_attrs.get(RUN_ID_ATTR) if number in trials else None
             if run_id:
-                tags = self.tracker.call("get run", self.tracker.client.get_run, run_id).data.tags
-                out.append((run_id, int(tags.get(RESUME_TAG, 0))))
+                out.append((run_id, int(self.run.other(run_id).tags().get(RESUME_TAG, 0))))
         return out
-
-    def _tag(self, run_id: str, **tags: Any) -> None:
-        self.tracker.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

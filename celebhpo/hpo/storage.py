@@ -9,7 +9,9 @@
 
 Who owns a trial in them, and what happens to a dead worker's trial: liveness.py.
 
-Every message masks the URL's password.
+A URL is parsed once, where it enters (the CLI's --storage, or a library function given a
+string: `as_spec`), into a `StorageSpec` that everything below takes. Every message masks
+the URL's password.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from celebhpo.errors import StudyError, mask_url
 from celebhpo.hpo.liveness import MAX_RETRY, RequeueStale
 
-__all__ = ["DEFAULT_STORAGE", "StorageSpec", "open_storage", "optuna_quiet", "parse_storage"]
+__all__ = ["DEFAULT_STORAGE", "StorageSpec", "as_spec", "open_storage", "optuna_quiet",
+           "parse_storage"]
 
 DEFAULT_STORAGE = "sqlite:///studies/celebhpo.db"
 JOURNAL_SUFFIXES = (".log", ".journal")
@@ -81,19 +84,24 @@ def parse_storage(url: str) -> StorageSpec:
     return StorageSpec(text, "rdb", text)
 
 
+def as_spec(storage: StorageSpec | str) -> StorageSpec:
+    """`storage` as a spec: how a library function given a URL parses it, once, on entry."""
+    return storage if isinstance(storage, StorageSpec) else parse_storage(storage)
+
+
 def open_storage(
-    url: str,
+    storage: StorageSpec | str,
     *,
     create: bool = True,
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     max_retry: int = MAX_RETRY,
 ) -> optuna.storages.BaseStorage:
-    """The Optuna storage for `url`. With `create=False` a SQLite or journal file that does
-    not exist is an error rather than a new empty storage. Heartbeat settings apply to server
-    RDBs only (the study's `[study] heartbeat_interval/grace_period`; None before it is known).
-    """
-    spec = parse_storage(url)
+    """The Optuna storage `storage` names. With `create=False` a SQLite or journal file that
+    does not exist is an error rather than a new empty storage. Heartbeat settings apply to
+    server RDBs only (the study's `[study] heartbeat_interval/grace_period`; None before it is
+    known)."""
+    spec = as_spec(storage)
     local = _local_file(spec)
     if local is not None and not create and not local.exists():
         raise StudyError(

@@ -1,11 +1,10 @@
 """Optuna studies: create one from a study config, open one for a worker, load and list them.
 
-A study stores everything a worker needs as user attrs, so `optimize` takes only a name and
-a storage: `config` (the resolved study config, data root made absolute), `grid`,
-`tracking_uri` (without credentials: a worker brings its own), `experiment_id` and
-`parent_run_id` (the MLflow experiment and parent run made once, here, so workers never race
-to create them) and `study_key` (the id that ties the parent run to this study, whatever its
-name). A grid study's points are queued at creation (space.py).
+A study stores everything a worker needs beside Optuna, so `optimize` takes only a name and
+a storage: its `StudyRecord` (record.py: the resolved config, grid, tracking URI without
+credentials, the MLflow experiment and parent run made once, here, so workers never race to
+create them, and the key that ties the parent run to this study). A grid study's points are
+queued at creation (space.py).
 """
 
 from __future__ import annotations
@@ -25,25 +24,21 @@ import pandas as pd
 from celebhpo.config import StudyConfig
 from celebhpo.data import check_split_sizes
 from celebhpo.errors import ConfigError, StudyError, without_credentials
+from celebhpo.hpo.record import StudyRecord
 from celebhpo.hpo.results import STATE_ORDER, best_trial, state_counts
 from celebhpo.hpo.space import grid_trials, make_pruner, make_sampler
 from celebhpo.hpo.storage import (
     DEFAULT_STORAGE,
     StorageSpec,
+    as_spec,
     open_storage,
     optuna_quiet,
-    parse_storage,
 )
 from celebhpo.objectives import describe
-from celebhpo.tracking import (
-    Tracker,
-    create_study_run,
-    resolve_tracking_uri,
-    same_store,
-    supersede,
-)
+from celebhpo.tracking import resolve_tracking_uri, same_store, study_tracker
 
-__all__ = ["CreateResult", "create_study", "list_studies", "load_study", "open_study"]
+__all__ = ["CreateResult", "StudyRecord", "create_study", "list_studies", "load_study",
+           "open_study"]
 
 
 @dataclass
@@ -57,7 +52,7 @@ class CreateResult:
 def create_study(
     cfg: StudyConfig,
     *,
-    storage: str,
+    storage: StorageSpec | str,
     grid: bool = False,
     name: str | None = None,
     replace: bool = False,
@@ -70,7 +65,7 @@ def create_study(
     `artifacts` is where a new MLflow experiment keeps its artifacts (required with a
     database tracking URI other than SQLite: see tracking.artifact_location). The study keeps
     the tracking URI without its credentials; workers bring their own."""
-    spec = parse_storage(storage)
+    spec = as_spec(storage)
     name = name or cfg.study.name
     if not name or "/" in name:
         raise StudyError(f"study name {name!r} must be non-empty and without '/'")
@@ -79,36 +74,36 @@ def create_study(
     _check(stored, grid)
     config = json.loads(json.dumps(stored.to_dict()))
     uri = resolve_tracking_uri(tracking_uri)
-    backend = open_storage(storage)
-    old_attrs = None
+    backend = open_storage(spec)
+    old: StudyRecord | None = None
+    n_old: int | None = None  # trials of the study of that name; None: there is none
     if name in optuna.get_all_study_names(storage=backend):
-        old = optuna.load_study(study_name=name, storage=backend)
-        old_attrs = {**old.user_attrs, "n_trials": len(old.get_trials(deepcopy=False))}
+        existing = optuna.load_study(study_name=name, storage=backend)
+        old, n_old = StudyRecord.of(existing), len(existing.get_trials(deepcopy=False))
         if not replace:
-            return _unchanged(name, spec, old.user_attrs, config, grid, uri,
-                              old_attrs["n_trials"])
-    tracker = Tracker(uri)
+            return _unchanged(name, spec, old, config, grid, uri, n_old)
+    # with [study] tracking = "off": no experiment, no parent run (both ids None)
+    tracker = study_tracker(uri, enabled=stored.study.tracking == "on")
     tracker.check()  # one clear line now, not minutes of MLflow's own HTTP retries
     # a parent run of its own, keyed by this study's key (never by its name); made before the
     # old study is deleted, so a refused artifact location deletes nothing
     key = uuid.uuid4().hex
-    experiment_id, parent_run_id = create_study_run(tracker, name, config, study_key=key,
-                                                    storage=storage, artifacts=artifacts)
+    experiment_id, parent_run_id = tracker.create_study_run(name, config, study_key=key,
+                                                            storage=spec.url, artifacts=artifacts)
     replaced = ""
-    if old_attrs is not None:
+    if n_old is not None:
         optuna.delete_study(study_name=name, storage=backend)
-        replaced = f" (replaced the old one and its {old_attrs['n_trials']} trials)"
-    study = _new_study(backend, spec, stored, {
-        "config": config, "grid": grid, "tracking_uri": without_credentials(uri),
-        "experiment_id": experiment_id, "parent_run_id": parent_run_id, "study_key": key})
-    if old_attrs is not None and old_attrs.get("parent_run_id") not in (None, parent_run_id):
-        supersede(tracker, old_attrs["parent_run_id"])
+        replaced = f" (replaced the old one and its {n_old} trials)"
+    study = _new_study(backend, spec, stored, StudyRecord(
+        config=config, grid=grid, tracking_uri=without_credentials(uri),
+        experiment_id=experiment_id, parent_run_id=parent_run_id, study_key=key))
+    if old is not None and old.parent_run_id not in (None, parent_run_id):
+        tracker.supersede(old.parent_run_id)
     what = (f"a grid of {len(study.trials)} points over {', '.join(stored.space)}" if grid else
             f"{stored.study.sampler} search over {', '.join(stored.space) or 'nothing'}")
     return CreateResult(name, True, (
         f"created study '{name}'{replaced} in {spec.masked}: {what}, {_goal(stored)}, "
-        f"pruner {stored.study.pruner}; MLflow experiment "
-        f"{experiment_id} at {tracker.masked_uri}. Next: {_run_hint(name, spec)}"))
+        f"pruner {stored.study.pruner}; {tracker.describe()}. Next: {_run_hint(name, spec)}"))
 
 
 def _check(stored: StudyConfig, grid: bool) -> None:
@@ -132,24 +127,25 @@ def _goal(cfg: StudyConfig) -> str:
     return goal + (f" subject to {describe(s.constraints)}" if s.constraints else "")
 
 
-def _unchanged(name: str, spec: StorageSpec, attrs: dict[str, Any], config: dict, grid: bool,
+def _unchanged(name: str, spec: StorageSpec, old: StudyRecord | None, config: dict, grid: bool,
                uri: str, n_old: int) -> CreateResult:
     """A study of that name exists and is not to be replaced: a no-op when its config is
     this one, else a StudyError saying what differs."""
-    if (attrs.get("config") == config and attrs.get("grid") == grid
-            and same_store(str(attrs.get("tracking_uri")), uri)):
+    if (old is not None and old.config == config and old.grid == grid
+            and same_store(str(old.tracking_uri), uri)):
         return CreateResult(name, False, f"study '{name}' already exists in {spec.masked} "
                             f"with this config: nothing to do ({_run_hint(name, spec)})")
     raise StudyError(
         f"study '{name}' already exists in {spec.masked} with another config "
-        f"({_difference(attrs, config, grid, uri)}); pass --replace to delete it and its "
+        f"({_difference(old, config, grid, uri)}); pass --replace to delete it and its "
         f"{n_old} trials, or --name to create a study beside it"
     )
 
 
 def _new_study(backend: optuna.storages.BaseStorage, spec: StorageSpec, stored: StudyConfig,
-               attrs: dict[str, Any]) -> optuna.Study:
-    """The Optuna study with its user attrs and (grid) queued points, or nothing at all."""
+               record: StudyRecord) -> optuna.Study:
+    """The Optuna study with its record (user attrs) and (grid) queued points, or nothing at
+    all."""
     name = stored.study.name
     try:
         with optuna_quiet():
@@ -162,9 +158,9 @@ def _new_study(backend: optuna.storages.BaseStorage, spec: StorageSpec, stored: 
         with warnings.catch_warnings():  # experimental in Optuna 5; names "Objective 0"
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(stored.study.objective_names())
-        for key, value in attrs.items():
+        for key, value in record.to_attrs().items():
             study.set_user_attr(key, value)
-        if attrs["grid"]:
+        if record.grid:
             study.add_trials(grid_trials(stored))
     except BaseException:
         optuna.delete_study(study_name=name, storage=backend)  # nothing half-written
@@ -201,15 +197,15 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _difference(attrs: dict[str, Any], config: dict, grid: bool, uri: str) -> str:
-    if "config" not in attrs:
+def _difference(record: StudyRecord | None, config: dict, grid: bool, uri: str) -> str:
+    if record is None:
         return "it was not created by celebhpo"
-    old, new = _flat(attrs["config"]), _flat(config)
+    old, new = _flat(record.config), _flat(config)
     diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
              if old.get(k) != new.get(k)]
-    if attrs.get("grid") != grid:
-        diffs.append(f"grid: {attrs.get('grid')} -> {grid}")
-    if not same_store(str(attrs.get("tracking_uri")), uri):
+    if record.grid != grid:
+        diffs.append(f"grid: {record.grid} -> {grid}")
+    if not same_store(str(record.tracking_uri), uri):
         diffs.append("tracking URI differs")
     more = f", and {len(diffs) - 3} more" if len(diffs) > 3 else ""
     return "; ".join(diffs[:3]) + more
@@ -232,42 +228,42 @@ def _pick_name(names: list[str], name: str | None, spec: StorageSpec) -> str:
                      f"({', '.join(sorted(names))}); pick one with --study NAME")
 
 
-def open_study(name: str | None, storage: str, *, worker: bool = False
-               ) -> tuple[optuna.Study, StudyConfig, dict[str, Any]]:
-    """(study, config, user attrs) of a celebhpo study; the name may be omitted when the
+def open_study(name: str | None, storage: StorageSpec | str, *, worker: bool = False
+               ) -> tuple[optuna.Study, StudyConfig, StudyRecord]:
+    """(study, config, record) of a celebhpo study; the name may be omitted when the
     storage holds one study. `worker=True` opens server RDBs with the study's heartbeat and
     salts non-grid samplers with the pid (see make_sampler)."""
-    spec = parse_storage(storage)
-    backend = open_storage(storage, create=False)
+    spec = as_spec(storage)
+    backend = open_storage(spec, create=False)
     name = _pick_name(optuna.get_all_study_names(storage=backend), name, spec)
-    attrs = backend.get_study_user_attrs(backend.get_study_id_from_name(name))
-    if "config" not in attrs:
+    record = StudyRecord.read(backend.get_study_user_attrs(backend.get_study_id_from_name(name)))
+    if record is None:
         raise StudyError(f"study '{name}' in {spec.masked} was not created by celebhpo (it has "
                          "no stored config); create one with: celebhpo study create STUDY_FILE")
     try:
-        cfg = StudyConfig.from_dict(attrs["config"], source=f"study '{name}' (stored config)")
+        cfg = StudyConfig.from_dict(record.config, source=f"study '{name}' (stored config)")
     except ConfigError as e:
         raise StudyError(f"{e}; this celebhpo cannot read the stored config: recreate the study "
                          "with --replace") from None
     if worker and spec.heartbeat:
-        backend = open_storage(storage, heartbeat_interval=cfg.study.heartbeat_interval,
+        backend = open_storage(spec, heartbeat_interval=cfg.study.heartbeat_interval,
                                grace_period=cfg.study.grace_period)
-    grid = bool(attrs.get("grid"))
     salt = os.getpid() if worker else None  # SQLite takes several workers too
-    study = optuna.load_study(study_name=name, storage=backend,
-                              sampler=make_sampler(cfg, grid=grid, salt=salt, shared=worker),
-                              pruner=make_pruner(cfg))
-    return study, cfg, attrs
+    study = optuna.load_study(study_name=name, storage=backend, pruner=make_pruner(cfg),
+                              sampler=make_sampler(cfg, grid=record.grid, salt=salt,
+                                                   shared=worker))
+    return study, cfg, record
 
 
-def load_study(name: str | None, storage: str) -> tuple[optuna.Study, StudyConfig]:
+def load_study(name: str | None, storage: StorageSpec | str
+               ) -> tuple[optuna.Study, StudyConfig]:
     """The Optuna study and its stored config; `name` may be None when the storage holds
-    exactly one study."""
+    exactly one study. Its record: `StudyRecord.of(study)`."""
     study, cfg, _ = open_study(name, storage)
     return study, cfg
 
 
-def list_studies(storage: str) -> pd.DataFrame:
+def list_studies(storage: StorageSpec | str) -> pd.DataFrame:
     """One row per study: name, direction, sampler, trials by state, best value and trial."""
     backend = open_storage(storage, create=False)
     rows = []
@@ -275,12 +271,12 @@ def list_studies(storage: str) -> pd.DataFrame:
         study = optuna.load_study(study_name=name, storage=backend)
         trials = study.get_trials(deepcopy=False)
         counts = {s: 0 for s in STATE_ORDER} | state_counts(trials)
-        cfg = study.user_attrs.get("config", {})
+        record = StudyRecord.of(study)
         best = best_trial(study)
         rows.append({
             "name": name,
             "direction": study.direction.name.lower(),
-            "sampler": cfg.get("study", {}).get("sampler", "?"),
+            "sampler": record.sampler if record else "?",
             "trials": len(trials),
             **{s.lower(): n for s, n in counts.items()},
             "best_value": best.value if best else None,

@@ -1,10 +1,12 @@
 """Run ONE trial, as a plain function (STYLE 16, like Optuna's `study/_optimize.py::_run_trial`):
 suggest its params, run the objective inside the heartbeat, `tell` Optuna once, then end its
-MLflow run, print its line and refresh the study's parent run; re-raise unless the error is
+MLflow run, hand how it ended to the caller (`FinishedTrial`: cli and demo print it through
+report.format_trial_line) and refresh the study's parent run; re-raise unless the error is
 the configuration's own fault (TRIAL_ERRORS).
 
-MLflow is reached through `celebhpo.tracking`'s functions: the trial's child run is started
-before training (its id is a user attr, epochs are logged live) and ended after `tell`.
+MLflow is reached through the study's tracker (`ctx.tracker`, tracking.study_tracker): the
+trial's child run is started before training (its id is a user attr, epochs are logged live)
+and ended after `tell`. With tracking off the tracker and the run do nothing.
 
 A trial can be taken away from a live worker: stopped (SIGSTOP, a frozen VM) past the
 storage's `grace_period`, it is failed and re-queued by another worker, which closes its
@@ -17,7 +19,6 @@ stopped, one epoch at most, still lands: no check can recall a write on its way.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,6 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from celebhpo._interrupt import shielded
 from celebhpo.config import StudyConfig
 from celebhpo.errors import (
     CheckpointError,
@@ -45,13 +45,15 @@ from celebhpo.hpo.liveness import (
     requeue_finished,
     trial_taken_over,
 )
+from celebhpo.hpo.record import StudyRecord
 from celebhpo.hpo.results import leaderboard
+from celebhpo.hpo.retry import FAIL_REASON
 from celebhpo.hpo.space import suggest_params
 from celebhpo.objectives import violations
-from celebhpo.report import format_trial_line
-from celebhpo.tracking import Tracker, TrialRun, close_orphan_runs, refresh_parent, start_trial
+from celebhpo.stopping import Interrupted, StopRequest
+from celebhpo.tracking import NullTracker, NullTrialRun, StudyTracker, TrialRun
 
-__all__ = ["SETUP_ERRORS", "TRIAL_ERRORS", "TrialContext", "run_trial"]
+__all__ = ["SETUP_ERRORS", "TRIAL_ERRORS", "FinishedTrial", "TrialContext", "run_trial"]
 
 # The configuration's own fault (it diverged): the trial FAILs, counts, the study goes on.
 TRIAL_ERRORS = (TrainingError,)
@@ -60,19 +62,42 @@ TRIAL_ERRORS = (TrainingError,)
 SETUP_ERRORS = (DataError, ConfigError, CheckpointError, ModelError, TrackingError)
 
 
+@dataclass(frozen=True)
+class FinishedTrial:
+    """How one trial ended, for its worker's line (report.format_trial_line)."""
+
+    number: int
+    state: str  # Optuna's state name: COMPLETE, PRUNED, FAIL
+    metric: str | list[str]  # a list, with `value` a list, in a study of several metrics
+    value: float | list[float] | None
+    params: dict[str, Any]
+    epochs_run: int
+    duration_s: float
+    pruned_at: int | None = None
+    fail_reason: str = ""
+    violated: list[str] = field(default_factory=list)  # the constraints a COMPLETE trial misses
+    worker: str = ""  # the `--devices` worker's label ("gpu1"); "" for a lone worker
+
+
+def _ignore(_: FinishedTrial) -> None:
+    pass
+
+
 @dataclass
 class TrialContext:
     """What running a study's trials needs, made once per `optimize` call."""
 
     study: optuna.Study
     cfg: StudyConfig
-    attrs: dict[str, Any]  # the study's user attrs (experiment_id, parent_run_id, grid...)
-    tracker: Tracker
+    record: StudyRecord  # what the study stores beside Optuna (grid, MLflow ids...)
+    tracker: StudyTracker | NullTracker  # MLflow, or nothing with tracking off
     echo: Callable[[str], None]  # one line for people, with the worker's label
     device: str | None = None
     progress: bool = True
     data_cache: dict[str, Any] = field(default_factory=dict)  # data config -> DataBundle
-    stop: threading.Event = field(default_factory=threading.Event)  # set by Ctrl-C/SIGTERM
+    stop: StopRequest = field(default_factory=StopRequest)  # Ctrl-C/SIGTERM (celebhpo.stopping)
+    on_trial: Callable[[FinishedTrial], None] = _ignore  # told as each trial ends
+    worker: str = ""  # the `--devices` worker's label, e.g. "gpu1"
 
 
 @dataclass
@@ -86,32 +111,35 @@ class _Outcome:
     requeue: bool = False
     taken_over: bool = False  # another worker failed and re-queued it meanwhile
     logged: dict[str, Any] = field(default_factory=dict)
-    run: TrialRun | None = None
+    run: TrialRun | NullTrialRun | None = None
 
 
-class _OwnedRun(TrialRun):
+class _OwnedRun:
     """The trial's MLflow run, written only while the trial is still this worker's: the
     worker that takes a trial over closes its run FAILED, and that run stays as it left it.
-    Each write first raises an interrupt that landed where Python dropped it (`ctx.stop`)."""
+    Each write is a safe point: a stop request (`ctx.stop`) raises Interrupted before it.
+    Everything else is the run's own (`TrialRun`, or `NullTrialRun` with tracking off)."""
 
-    def __init__(self, run: TrialRun, ctx: TrialContext, trial: optuna.Trial) -> None:
-        super().__init__(run.tracker, run.run_id, run.trial_number)
-        self._ctx, self._trial = ctx, trial
+    def __init__(self, run: TrialRun | NullTrialRun, ctx: TrialContext, trial: optuna.Trial
+                 ) -> None:
+        self._run, self._ctx, self._trial = run, ctx, trial
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._run, name)
 
     def _check(self) -> None:
-        if self._ctx.stop.is_set():
-            raise KeyboardInterrupt("interrupted")
+        self._ctx.stop.check()
         if trial_taken_over(self._ctx.study, self._trial):
             raise TrialTakenOver(f"trial {self._trial.number}")
 
     def log_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
         self._check()
-        super().log_epoch(epoch, metrics)
+        self._run.log_epoch(epoch, metrics)
 
     def log_result(self, result: Any, config: dict[str, Any], log_checkpoint: bool = True
                    ) -> dict[str, Any]:
         self._check()
-        return super().log_result(result, config, log_checkpoint)
+        return self._run.log_result(result, config, log_checkpoint)
 
 
 def run_trial(ctx: TrialContext, trial: optuna.Trial) -> int | None:
@@ -134,9 +162,10 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> int | None:
         reporter = TrialReporter(trial, study_cfg.metric, study_cfg.resolved_direction(),
                                  epochs=tcfg.train.epochs, report=not study_cfg.multi_objective())
 
-        def objective(run: TrialRun) -> tuple[float, dict[str, Any]]:
+        def objective(run: TrialRun | NullTrialRun) -> tuple[float, dict[str, Any]]:
             return train(tcfg, _OwnedRun(run, ctx, trial), reporter, ctx.data_cache,
-                         progress=ctx.progress, keep_all=ctx.cfg.study.checkpoints == "all")
+                         progress=ctx.progress, keep_all=ctx.cfg.study.checkpoints == "all",
+                         stop=ctx.stop)
 
         out = _attempt(ctx, trial, params, tcfg, objective)
         summary = {**reporter.summary(), **out.logged,
@@ -151,12 +180,14 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> int | None:
     if out.run is not None:
         out.run.end(out.state.name, reason=out.reason or None, pruned_at=reporter.pruned_at)
     names = study_cfg.objective_names()
-    ctx.echo(format_trial_line(trial.number, out.state.name,
-                               names if study_cfg.multi_objective() else names[0], out.value,
-                               params, summary))
-    if not isinstance(out.error, KeyboardInterrupt):
-        # stopping: the interrupt may have landed inside an import (say matplotlib's, on the
-        # way to a plot), which leaves that package half-imported for the rest of the process
+    ctx.on_trial(FinishedTrial(
+        number=trial.number, state=out.state.name,
+        metric=names if study_cfg.multi_objective() else names[0], value=out.value,
+        params=params, epochs_run=summary.get("epochs_run", 0),
+        duration_s=summary["duration_s"], pruned_at=summary.get("pruned_at"),
+        fail_reason=summary.get(FAIL_REASON, ""), violated=list(summary.get("violated", [])),
+        worker=ctx.worker))
+    if not ctx.stop.requested:  # stopping: the plots can wait for the next trial's worker
         _refresh_parent(ctx)
     if out.error is not None:
         raise out.error
@@ -164,16 +195,15 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> int | None:
 
 
 def _attempt(ctx: TrialContext, trial: optuna.Trial, params: dict[str, Any], tcfg: StudyConfig,
-             objective: Callable[[TrialRun], tuple[float, dict[str, Any]]]) -> _Outcome:
+             objective: Callable[[TrialRun | NullTrialRun], tuple[float, dict[str, Any]]]
+             ) -> _Outcome:
     """Start the trial's MLflow run and run the objective in it; what either raises becomes
     the outcome."""
     out = _Outcome()
     try:
-        out.run = start_trial(
-            ctx.tracker, ctx.attrs["experiment_id"], ctx.attrs["parent_run_id"], trial.number,
-            params, tcfg.to_dict(),
+        out.run = ctx.tracker.start_trial(
+            trial, params, tcfg.to_dict(),
             tags={"study": ctx.study.study_name, "device": tcfg.train.device})
-        trial.set_user_attr("mlflow_run_id", out.run.run_id)
         out.value, out.logged = objective(out.run)
         out.state = TrialState.COMPLETE
     except (TrialTakenOver, UpdateFinishedTrialError):
@@ -184,8 +214,8 @@ def _attempt(ctx: TrialContext, trial: optuna.Trial, params: dict[str, Any], tcf
         out.reason = str(e)
     except SETUP_ERRORS as e:
         out.reason, out.error, out.requeue = str(e), e, True
-    except KeyboardInterrupt as e:
-        out.reason, out.error, out.requeue = "interrupted (Ctrl-C/SIGTERM)", e, True
+    except Interrupted as e:  # a stop request, at a safe point (celebhpo.stopping)
+        out.reason, out.error, out.requeue = str(e), e, True
     except Exception as e:
         out.reason, out.error = f"{type(e).__name__}: {e}", e
     return out
@@ -198,19 +228,18 @@ def _tell(study: optuna.Study, trial: optuna.Trial, out: _Outcome, summary: dict
     `set_constraint`: <= 0 is met), then tell Optuna how it ended; `out.taken_over` when
     another worker finished it first."""
     if out.state == TrialState.FAIL:
-        summary["fail_reason"] = mask_url(out.reason)
+        summary[FAIL_REASON] = mask_url(out.reason)
     if out.requeue:  # marked before the FAIL: see liveness.requeue_orphans
         summary[RETRY_WANTED] = True
     try:
-        with shielded():  # an interrupt waits until Optuna has been told (celebhpo._interrupt)
-            for key, val in summary.items():
-                trial.set_user_attr(key, val)
-            if out.state == TrialState.COMPLETE:
-                for key, val in violations(summary, constraints).items():
-                    trial.set_constraint(key, val)
-                study.tell(trial, out.value)
-            else:
-                study.tell(trial, state=out.state)
+        for key, val in summary.items():
+            trial.set_user_attr(key, val)
+        if out.state == TrialState.COMPLETE:
+            for key, val in violations(summary, constraints).items():
+                trial.set_constraint(key, val)
+            study.tell(trial, out.value)
+        else:
+            study.tell(trial, state=out.state)
     except (UpdateFinishedTrialError, ValueError):  # ValueError: "Cannot tell a FAIL trial"
         if not trial_taken_over(study, trial):
             raise
@@ -222,14 +251,13 @@ def _drop(ctx: TrialContext, number: int) -> None:
     close, unless this worker opened it after the takeover (then it is closed FAILED here)."""
     ctx.echo(f"trial {number} was taken over by another worker: dropping it")
     try:
-        close_orphan_runs(ctx.tracker, ctx.attrs["parent_run_id"], {number: "FAIL"})
+        ctx.tracker.close_orphan_runs({number: "FAIL"})
     except TrackingError as e:
         ctx.echo(f"warning: could not close MLflow run of trial {number}: {e}")
 
 
 def _refresh_parent(ctx: TrialContext) -> None:
     try:
-        refresh_parent(ctx.tracker, ctx.attrs["parent_run_id"], ctx.study,
-                       leaderboard(ctx.study))
+        ctx.tracker.refresh_parent(ctx.study, leaderboard(ctx.study))
     except Exception as e:  # a summary never fails the study (nor a plotting library's bug)
         ctx.echo(f"warning: parent run summary not refreshed: {type(e).__name__}: {e}")

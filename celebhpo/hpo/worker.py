@@ -21,8 +21,13 @@ bounds the wait.
 Trials left RUNNING by a dead worker are failed, re-queued and their MLflow runs closed
 FAILED by the next worker to look: see liveness.py for the rule. A worker whose trial was
 taken away while it ran (stopped past `grace_period`, then woken) drops it with one line and
-goes on to the next. Ctrl-C/SIGTERM fails and re-queues the running trial (MLflow run
-FAILED), then the worker exits (`optimize` exits 130).
+goes on to the next.
+
+Ctrl-C/SIGTERM (celebhpo.stopping): the handler only records the request; the worker answers
+it at its next safe point (a batch, an epoch, a chunk of the image cache, between trials, in
+its waits): it fails and re-queues the running trial (MLflow run FAILED) and raises
+Interrupted (`optimize` exits 130 for SIGINT, 143 for SIGTERM). A second signal exits at
+once and leaves the trial to the recovery above.
 """
 
 from __future__ import annotations
@@ -30,15 +35,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from celebhpo._interrupt import hold_or_raise, shielded
+from celebhpo.config import StudyConfig
 from celebhpo.errors import StudyError, TrackingError
 from celebhpo.hpo.launch import WORKER_ENV
 from celebhpo.hpo.liveness import (
@@ -53,16 +56,12 @@ from celebhpo.hpo.liveness import (
     recover_lost_trials,
 )
 from celebhpo.hpo.results import best_trial, pareto_front, state_counts
-from celebhpo.hpo.storage import StorageSpec, optuna_quiet, parse_storage
-from celebhpo.hpo.studies import open_study
-from celebhpo.hpo.trial import TrialContext, run_trial
-from celebhpo.report import format_optimize_summary
-from celebhpo.tracking import (
-    Tracker,
-    close_orphan_runs,
-    set_study_run_status,
-    study_tracking_uri,
-)
+from celebhpo.hpo.retry import retry_history
+from celebhpo.hpo.storage import StorageSpec, as_spec, optuna_quiet
+from celebhpo.hpo.studies import StudyRecord, open_study
+from celebhpo.hpo.trial import FinishedTrial, TrialContext, run_trial
+from celebhpo.stopping import Interrupted, StopRequest, stop_on_signals
+from celebhpo.tracking import NullTracker, StudyTracker, study_tracker, study_tracking_uri
 from celebhpo.training.devices import resolve_device
 
 __all__ = ["OptimizeSummary", "optimize"]
@@ -70,6 +69,8 @@ __all__ = ["OptimizeSummary", "optimize"]
 
 @dataclasses.dataclass
 class OptimizeSummary:
+    """What `optimize` did, for its last lines (report.format_optimize_summary)."""
+
     study_name: str
     counts: dict[str, int]  # Optuna state name -> trials of the study in that state
     ran: list[int]  # numbers of the trials this call ran
@@ -79,93 +80,86 @@ class OptimizeSummary:
     metric: str = "val_loss"
     stopped: str = ""  # why it stopped
     front: list[int] = dataclasses.field(default_factory=list)  # several metrics: the front
-
-    def __str__(self) -> str:
-        return format_optimize_summary(dataclasses.asdict(self))
+    worker: str = ""  # the `--devices` worker's label ("gpu1"); "" for a lone worker
 
 
 def optimize(
     *,
     study_name: str | None = None,
-    storage: str,
+    storage: StorageSpec | str,
     n_trials: int | None = None,
     timeout: float | None = None,
     device: str | None = None,
     tracking_uri: str | None = None,
+    tracking: bool = True,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    on_trial: Callable[[FinishedTrial], None] | None = None,
 ) -> OptimizeSummary:
     """Run trials of a study until it holds `n_trials` trials in all (shared by every worker),
     the grid is exhausted, or `timeout` seconds have passed (no trial starts after that).
     Resumes a study that was interrupted. See the module docstring for the rules on counting
     and on recovering trials of dead workers. Ctrl-C/SIGTERM fails and re-queues the running
-    trial, then raises KeyboardInterrupt. `tracking_uri` names the study's tracking store
-    with this worker's credentials (the study keeps none); `device` is checked before any
-    trial is claimed."""
+    trial, then raises celebhpo.stopping.Interrupted. `tracking_uri` names the study's
+    tracking store with this worker's credentials (the study keeps none); `tracking=False`
+    (--no-tracking) runs without MLflow, as a study with `[study] tracking = "off"` always does (nothing
+    logged, no checkpoint or resume state kept); `device` is checked before any
+    trial is claimed. `echo` gets notes as they happen (waiting, recovered trials, warnings);
+    `on_trial` is told how each trial ended. The summary is returned, not printed."""
     if n_trials is not None and n_trials < 1:
         raise StudyError(f"--trials {n_trials}: give a number >= 1")
     if timeout is not None and timeout <= 0:
         raise StudyError(f"--timeout {timeout}: give a number of seconds > 0")
     if device:
         resolve_device(device, key="--device")  # e.g. no GPU behind --devices: one line now
-    study, cfg, attrs = open_study(study_name, storage, worker=True)
-    spec = parse_storage(storage)
-    tracker = Tracker(study_tracking_uri(attrs["tracking_uri"], tracking_uri))
-    tracker.check()  # a clear error before any training
-    label = os.environ.get(WORKER_ENV, "")
-    prefix = f"[{label}] " if label else ""
-    ctx = TrialContext(study, cfg, attrs, tracker, echo=lambda text: echo(prefix + text),
-                       device=device,
-                       # several workers drawing bars in one terminal garble each other
-                       progress=progress and not label)
-    with _interrupts(ctx.stop), optuna_quiet():
-        return _run(ctx, spec, n_trials, timeout)
+    stop = StopRequest()  # from here on a signal is a request, answered at safe points
+    with stop_on_signals(stop):
+        spec = as_spec(storage)  # a URL given from Python: parsed here, once
+        study, cfg, record = open_study(study_name, spec, worker=True)
+        label = os.environ.get(WORKER_ENV, "")
+        prefix = f"[{label}] " if label else ""
+        tracker = _tracker(cfg, record, tracking_uri, tracking,
+                           echo=lambda text: echo(prefix + text))
+        ctx = TrialContext(study, cfg, record, tracker, echo=lambda text: echo(prefix + text),
+                           device=device,
+                           # several workers drawing bars in one terminal garble each other
+                           progress=progress and not label,
+                           on_trial=on_trial or (lambda _: None), worker=label, stop=stop)
+        with optuna_quiet():
+            return _run(ctx, spec, n_trials, timeout)
 
 
-@contextmanager
-def _interrupts(stop: threading.Event) -> Iterator[None]:
-    """Ctrl-C and SIGTERM raise KeyboardInterrupt inside optimize only (main thread), and set
-    `stop`: an interrupt raised where Python drops exceptions ("Exception ignored in ...", an
-    at-fork hook while the image cache's pool forks) still stops the worker, at its next
-    epoch or trial (trial.py and the loop check `stop`)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    owner = os.getpid()
-
-    def raise_interrupt(signum: int, frame: Any) -> None:
-        if os.getpid() != owner:
-            # a forked helper (e.g. the image decoding pool) inherited this handler: end it
-            # the way the signal would, without a KeyboardInterrupt traceback
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        stop.set()
-        hold_or_raise(f"signal {signal.Signals(signum).name}")  # see celebhpo._interrupt
-
-    previous = {s: signal.signal(s, raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+def _tracker(cfg: StudyConfig, record: StudyRecord, uri: str | None, enabled: bool,
+             echo: Callable[[str], None]) -> StudyTracker | NullTracker:
+    """The study's tracker, chosen once: its MLflow store (checked now, before any training),
+    or nothing when the study or this worker runs with tracking off."""
+    if cfg.study.tracking == "off" or not enabled:
+        cfg.study.tracking = "off"  # as the trials' configs say (the objective reads it)
+        echo("MLflow tracking is off: trials are not logged and keep no checkpoint or "
+             "resume state (a retried trial starts over; export-best needs tracking)")
+        return study_tracker(None, enabled=False)
+    tracker = study_tracker(study_tracking_uri(record.tracking_uri, uri),
+                            experiment_id=record.experiment_id,
+                            parent_run_id=record.parent_run_id, grid=record.grid,
+                            config=record.config)
+    tracker.check()
+    return tracker
 
 
 # -- the loop ----------------------------------------------------------------------------------
 def _run(ctx: TrialContext, spec: StorageSpec, n_trials: int | None, timeout: float | None
          ) -> OptimizeSummary:
-    grid = bool(ctx.attrs.get("grid"))
+    grid = ctx.record.grid
     interval = heartbeat_interval(ctx.study)
     poll = min(float(interval), 5.0) if interval else 1.0
     started = time.monotonic()
     ran: list[int] = []
     waiting_note = ""
+    running: int | None = None  # the trial being run, for the line of an interrupt
     _close_orphan_runs(ctx)
     try:
         while True:
-            if ctx.stop.is_set():  # an interrupt that was dropped where it landed
-                raise KeyboardInterrupt("interrupted")
+            ctx.stop.check()  # between trials (celebhpo.stopping)
             if timeout is not None and time.monotonic() - started >= timeout:
                 stopped = f"--timeout {timeout:g} s reached"
                 break
@@ -178,25 +172,28 @@ def _run(ctx: TrialContext, spec: StorageSpec, n_trials: int | None, timeout: fl
                 if why != waiting_note:
                     ctx.echo(why)
                     waiting_note = why
-                time.sleep(poll)
+                ctx.stop.wait(poll)  # ends at once on Ctrl-C/SIGTERM
                 continue
             waiting_note = ""
-            with shielded():  # a claim is a transaction (celebhpo._interrupt)
-                trial = claim_waiting_trial(ctx.study)
-                if trial is None and not grid:
-                    trial = claim_new_trial(ctx.study)
+            trial = claim_waiting_trial(ctx.study)
+            if trial is None and not grid:
+                trial = claim_new_trial(ctx.study)
             if trial is None:
                 continue  # another worker took the last queued point (or our slot): look again
+            running = trial.number
             number = run_trial(ctx, trial)
+            running = None
             if number is not None:  # None: taken over by another worker, dropped
                 ran.append(number)
-    except KeyboardInterrupt:
-        _fail_own_running(ctx, "interrupted (Ctrl-C/SIGTERM) before the trial ended")
-        ctx.echo(f"interrupted after {len(ran)} trials; the running trial is failed and "
-                 "re-queued: run optimize again to resume")
+        ctx.stop.check()  # a request the last trial did not reach a safe point for
+    except Interrupted as e:
+        _fail_own_running(ctx, f"{e} before the trial ended")
+        failed = "" if running is None else f"; trial {running} is failed and re-queued"
+        ctx.echo(f"interrupted ({signal.Signals(e.signum).name}) after {len(ran)} trials"
+                 f"{failed}: run optimize again to resume")
         raise
     try:  # the parent run: FINISHED when the study is done, FAILED if every trial failed
-        set_study_run_status(ctx.tracker, ctx.attrs["parent_run_id"], ctx.study, done=True)
+        ctx.tracker.set_study_run_status(ctx.study, done=True)
     except TrackingError as e:
         ctx.echo(f"warning: MLflow parent run status not set: {e}")
     best = best_trial(ctx.study)
@@ -206,8 +203,7 @@ def _run(ctx: TrialContext, spec: StorageSpec, n_trials: int | None, timeout: fl
         best_value=best.value if best else None, best_params=dict(best.params) if best else {},
         metric=ctx.cfg.study.metric, stopped=stopped,
         front=[t.number for t in pareto_front(ctx.study)] if ctx.cfg.study.multi_objective()
-        else [])
-    ctx.echo(str(summary))
+        else [], worker=ctx.worker)
     return summary
 
 
@@ -234,7 +230,7 @@ def _next(trials: list[FrozenTrial], n_trials: int | None, *, grid: bool, heartb
 
 def _budget_used(trials: list[FrozenTrial]) -> int:
     """Trials that count against `--trials`: see the module docstring."""
-    rerun = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    rerun = {n for t in trials for n in retry_history(t)}
     return sum(1 for t in trials
                if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
                or (t.state == TrialState.FAIL and t.number not in rerun
@@ -265,7 +261,6 @@ def _fail_own_running(ctx: TrialContext, reason: str) -> None:
 def _close_orphan_runs(ctx: TrialContext, trials: list[FrozenTrial] | None = None) -> None:
     trials = trials if trials is not None else ctx.study.get_trials(deepcopy=False)
     try:
-        close_orphan_runs(ctx.tracker, ctx.attrs["parent_run_id"],
-                          {t.number: t.state.name for t in trials})
+        ctx.tracker.close_orphan_runs({t.number: t.state.name for t in trials})
     except TrackingError as e:
         ctx.echo(f"warning: could not close MLflow runs of lost trials: {e}")

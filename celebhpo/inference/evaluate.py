@@ -24,13 +24,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from celebhpo._io import atomic_write, check_writable, output_errors
+from celebhpo._io import atomic_write, check_writable, output_errors, report_to_dict
 from celebhpo.config import StudyConfig
 from celebhpo.data import BatchLoader, SplitData, load_data, read_celeba, select_split
 from celebhpo.errors import CheckpointError, DataError
 from celebhpo.inference.predict import HALF, predict_paths, resolve_thresholds
 from celebhpo.inference.predictor import Predictor, load_model
-from celebhpo.report import report_to_dict
+from celebhpo.training.checkpoint import Checkpoint
 from celebhpo.training.loop import evaluate as evaluate_batches
 from celebhpo.training.metrics import compute_metrics, per_class_report
 from celebhpo.training.slices import (
@@ -40,7 +40,7 @@ from celebhpo.training.slices import (
     worst_group_acc,
 )
 
-__all__ = ["SplitEvaluation", "baseline_metrics", "evaluate", "evaluate_splits",
+__all__ = ["Evaluation", "SplitEvaluation", "baseline_metrics", "evaluate", "evaluate_splits",
            "majority_classes", "score", "score_split", "slice_summary"]
 
 EVALUATION_FILES = ("metrics.json", "classification_report.csv", "classification_report.json")
@@ -68,10 +68,20 @@ def _floats(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 # -- a CelebA folder -------------------------------------------------------------------------
+@dataclass
+class Evaluation:
+    """What `evaluate` found on one split of a CelebA folder; report.format_evaluation shows it."""
+
+    # model, data_root, split, n_images, skipped, threshold (the label of the chosen
+    # thresholds), {label: metrics}, "0.5": metrics; slices and written when there are any
+    metrics: dict[str, Any]
+    report: pd.DataFrame  # per class, at 0.5 and at the chosen thresholds
+
+
 def evaluate(model: Predictor | str | Path, data_root: str | Path, split: str = "test",
              out_dir: str | Path | None = None, *, threshold: str | float = "tuned",
              layout: str = "auto", batch_size: int = 256, progress: bool = True,
-             slices: Sequence[str] | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+             slices: Sequence[str] | None = None) -> Evaluation:
     """Metrics (at `threshold`: the checkpoint's tuned thresholds, 0.5 or a number; and at 0.5)
     and the per-class report of `model` on one split of any CelebA-layout folder. Writes
     metrics.json, classification_report.csv/.json (and slices.csv) to `out_dir` when given.
@@ -121,7 +131,7 @@ def evaluate(model: Predictor | str | Path, data_root: str | Path, split: str = 
     if out_dir is not None:
         with output_errors(out_dir, "--out", folder=True):
             metrics["written"] = _write(Path(out_dir), metrics, report, sliced)
-    return metrics, report
+    return Evaluation(metrics=metrics, report=report)
 
 
 def _add_slices(metrics: dict[str, Any], label: str, probs: np.ndarray, targets: np.ndarray,
@@ -200,14 +210,14 @@ class SplitEvaluation:
     slices: SliceResult | None = None  # at the checkpoint's thresholds; None: [study] slices off
 
 
-def evaluate_splits(model: torch.nn.Module, payload: dict[str, Any], device: torch.device,
+def evaluate_splits(model: torch.nn.Module, ckpt: Checkpoint, device: torch.device,
                     splits: tuple[str, ...] = ("val", "test"),
                     progress: bool = True) -> dict[str, SplitEvaluation]:
-    """`model` (built from checkpoint `payload`) on the subsets its study config selects,
+    """`model` (built from checkpoint `ckpt`) on the subsets its study config selects,
     decoded and normalized exactly as in training, each scored at the checkpoint's thresholds,
     at 0.5 and against the train split's majority classes."""
-    cfg = StudyConfig.from_dict(copy.deepcopy(payload["config"]), source="checkpoint config")
-    attributes = [str(a) for a in payload["attributes"]]
+    cfg = StudyConfig.from_dict(copy.deepcopy(ckpt.config), source="checkpoint config")
+    attributes = [str(a) for a in ckpt.attributes]
     data = load_data(cfg.data, splits=splits, progress=progress)
     if list(data.attributes) != attributes:
         missing = [a for a in attributes if a not in data.attributes]
@@ -220,8 +230,8 @@ def evaluate_splits(model: torch.nn.Module, payload: dict[str, Any], device: tor
     train = select_split(ds, "train", cfg.data.split_size("train"), cfg.data.subset,
                          cfg.data.subset_seed)
     majority = majority_classes(ds.labels[train])
-    thresholds = np.asarray(payload["thresholds"], dtype=np.float64)
-    return {s: _evaluate_one(model, data.splits[s], cfg, payload["normalization"], device,
+    thresholds = np.asarray(ckpt.thresholds, dtype=np.float64)
+    return {s: _evaluate_one(model, data.splits[s], cfg, ckpt.normalization, device,
                              attributes, thresholds, majority) for s in splits}
 
 

@@ -24,7 +24,7 @@ from celebhpo.config import StudySection
 from celebhpo.data import normalize
 from celebhpo.errors import CelebhpoError, CheckpointError
 from celebhpo.training.amp import enable_fast_fp32
-from celebhpo.training.checkpoint import load_checkpoint, model_from_checkpoint
+from celebhpo.training.checkpoint import Checkpoint
 from celebhpo.training.devices import resolve_device
 
 __all__ = ["BACKENDS", "EXPORT_FILES", "Predictor", "load_model"]
@@ -103,29 +103,27 @@ def load_model(path: str | Path, backend: str = "torch", device: str = "cpu") ->
             f"{path} is not a celebhpo model folder: it has no model.pt "
             "(make one with `celebhpo export-best --out DIR`, or give a checkpoint file)"
         )
-    payload = load_checkpoint(ckpt)
-    meta = _metadata(payload, ckpt)
+    checkpoint = Checkpoint.load(ckpt)
+    meta = _metadata(checkpoint, ckpt)
     dev = resolve_device(device, key="device")
     enable_fast_fp32(dev)  # CUDA: TF32 for this fp32 inference
     if backend == "torch":
-        forward = _torch_forward(payload, ckpt, dev)
+        forward = _torch_forward(checkpoint, ckpt, dev)
     else:
         forward = _exported_forward(path, backend, dev)
     return Predictor(source=path, checkpoint_path=ckpt, backend=backend, device=dev,
                      forward=forward, channels_last=backend == "torch", **meta)
 
 
-def _metadata(payload: dict[str, Any], ckpt: Path) -> dict[str, Any]:
+def _metadata(checkpoint: Checkpoint, ckpt: Path) -> dict[str, Any]:
     """What a Predictor needs from a checkpoint, checked so a bad one fails here, by name."""
     try:
-        attributes = [str(a) for a in payload["attributes"]]
-        data_cfg = (payload.get("config") or {}).get("data", {})
-        image_size = int(payload.get("image_size") or data_cfg["image_size"])
-        crop = str(payload.get("crop") or data_cfg.get("crop", "squash"))
-        norm = payload["normalization"]
-        mean = [float(v) for v in norm["mean"]]
-        std = [float(v) for v in norm["std"]]
-        thresholds = np.asarray(payload["thresholds"], dtype=np.float64).reshape(-1)
+        attributes = [str(a) for a in checkpoint.attributes]
+        image_size = checkpoint.decode_size
+        crop = checkpoint.decode_crop
+        mean = [float(v) for v in checkpoint.mean]
+        std = [float(v) for v in checkpoint.std]
+        thresholds = np.asarray(checkpoint.thresholds, dtype=np.float64).reshape(-1)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(
             f"{ckpt}: checkpoint metadata is incomplete ({type(e).__name__}: {e}); "
@@ -139,16 +137,15 @@ def _metadata(payload: dict[str, Any], ckpt: Path) -> dict[str, Any]:
         )
     return {"attributes": attributes, "thresholds": thresholds, "image_size": image_size,
             "crop": crop, "normalization": {"mean": mean, "std": std},
-            "arch": str(payload.get("arch", "")), "metrics": dict(payload.get("metrics") or {}),
+            "arch": checkpoint.arch, "metrics": dict(checkpoint.metrics),
             # a checkpoint from before [study] slices: the default
-            "slices": list(((payload.get("config") or {}).get("study") or {}).get(
-                "slices", StudySection().slices))}
+            "slices": list(checkpoint.section("study").get("slices", StudySection().slices))}
 
 
 # -- backends ----------------------------------------------------------------------------------
-def _torch_forward(payload: dict[str, Any], ckpt: Path, device: torch.device) -> Forward:
+def _torch_forward(checkpoint: Checkpoint, ckpt: Path, device: torch.device) -> Forward:
     try:
-        model = model_from_checkpoint(payload)
+        model = checkpoint.model()
     except (RuntimeError, KeyError, ValueError) as e:
         raise CheckpointError(f"{ckpt}: weights do not fit the model ({e}); re-export it") from e
     # channels_last: oneDNN and cuDNN run NHWC convolutions natively (faster on both)

@@ -26,7 +26,6 @@ from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 
-from celebhpo._interrupt import shielded
 from celebhpo.errors import TrackingAuthError, TrackingError, mask_url
 from celebhpo.tracking.uris import (
     DEFAULT_TRACKING_URI,
@@ -104,8 +103,7 @@ class Tracker:
         delay = self.backoff
         for attempt in range(self.retries + 1):
             try:
-                with shielded():  # an interrupt waits for the write to end (celebhpo._interrupt)
-                    return fn(*args, **kwargs)
+                return fn(*args, **kwargs)
             except TrackingError:
                 raise
             except MlflowException as e:

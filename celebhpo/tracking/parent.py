@@ -17,21 +17,21 @@ from optuna.trial import TrialState
 
 from celebhpo.tracking.client import Tracker
 from celebhpo.tracking.study import study_note
-from celebhpo.tracking.trial import BEST_PREFIX
+from celebhpo.tracking.trial import BEST_PREFIX, RUN_ID_ATTR
 
 __all__ = ["BEST_TAG", "mark_best", "set_study_run_status", "study_run_status"]
 
 BEST_TAG = "celebhpo.best"
 
 
-def study_run_status(study: optuna.Study, done: bool = False) -> str:
+def study_run_status(study: optuna.Study, done: bool = False, *, grid: bool = False) -> str:
     """The parent run's MLflow status for the study as it stands. `done`: the caller's budget
-    is spent (the end of `optimize`); a grid study is done when no point is left to run."""
+    is spent (the end of `optimize`); a `grid` study is done when no point is left to run."""
     trials = study.get_trials(deepcopy=False)
     if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials):
         return "RUNNING"
     finished = [t for t in trials if t.state.is_finished()]
-    if not (done or (study.user_attrs.get("grid") and finished)):
+    if not (done or (grid and finished)):
         return "RUNNING"
     if finished and all(t.state == TrialState.FAIL for t in finished):
         return "FAILED"
@@ -39,10 +39,10 @@ def study_run_status(study: optuna.Study, done: bool = False) -> str:
 
 
 def set_study_run_status(tracker: Tracker, parent_run_id: str, study: optuna.Study,
-                         done: bool = False) -> str:
+                         done: bool = False, *, grid: bool = False) -> str:
     """Set the parent run's status from `study_run_status`; returns it. RUNNING again after
     FINISHED (more trials asked for) clears nothing: MLflow keeps every artifact and metric."""
-    status = study_run_status(study, done)
+    status = study_run_status(study, done, grid=grid)
     client = tracker.client
     current = tracker.call("get run", client.get_run, parent_run_id).info.status
     if status == current:
@@ -55,10 +55,12 @@ def set_study_run_status(tracker: Tracker, parent_run_id: str, study: optuna.Stu
 
 
 def mark_best(tracker: Tracker, parent_run_id: str, study: optuna.Study,
-              best: optuna.trial.FrozenTrial | None, step: int) -> str | None:
+              best: optuna.trial.FrozenTrial | None, step: int,
+              config: dict[str, Any] | None = None) -> str | None:
     """Tag the best trial's run `celebhpo.best=true` (and untag any other), copy its `best/*`
-    metrics, name, id and a link onto the parent. Returns its run id (None: no best yet)."""
-    run_id = best.user_attrs.get("mlflow_run_id") if best is not None else None
+    metrics, name, id and a link onto the parent, whose note describes the study (`config`,
+    its resolved config). Returns the best run's id (None: no best yet)."""
+    run_id = best.user_attrs.get(RUN_ID_ATTR) if best is not None else None
     client = tracker.client
     experiment_id = tracker.call("get run", client.get_run, parent_run_id).info.experiment_id
     marked = tracker.call(
@@ -77,8 +79,7 @@ def mark_best(tracker: Tracker, parent_run_id: str, study: optuna.Study,
     metrics = [Metric(k, v, now, step) for k, v in run.data.metrics.items()
                if k.startswith(BEST_PREFIX) and k != f"{BEST_PREFIX}value"]
     link = f"#/experiments/{experiment_id}/runs/{run_id}"
-    config: dict[str, Any] = study.user_attrs.get("config") or {}
-    note = study_note(study.study_name, config,
+    note = study_note(study.study_name, config or {},
                       f"Best so far: trial {best.number}, [{run.info.run_name}]({link}), "
                       f"value {best.value:.4g}.")
     tracker.log_batch(parent_run_id, metrics=metrics, tags=[

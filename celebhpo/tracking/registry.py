@@ -14,6 +14,7 @@ from pathlib import Path
 from mlflow.entities.model_registry import ModelVersion
 
 from celebhpo.errors import TrackingError, mask_url
+from celebhpo.objectives import better
 from celebhpo.tracking.client import CREATE_ID_TAG, Tracker
 
 __all__ = ["SCORE_TAG", "SPLIT_TAG", "Registered", "download_checkpoint", "global_uris",
@@ -114,7 +115,7 @@ def _should_move(current: ModelVersion | None, score: float, split: str, force: 
         return False, (f"alias {alias} kept on version {current.version}: it was scored on "
                        "another test split, so the two cannot be compared; pass --force to "
                        "move it")
-    if score > float(old):
+    if better(score, float(old), "maximize"):
         return True, (f"alias {alias}: test mean acc {score:.4f} beats version "
                       f"{current.version}'s {float(old):.4f}")
     return False, (f"alias {alias} kept on version {current.version}: its test mean acc "

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +15,12 @@ import optuna
 import pandas as pd
 from mlflow.entities import Metric
 
+from celebhpo.objectives import best_of
 from celebhpo.tracking import plots
 from celebhpo.tracking.client import Tracker, one_line
 from celebhpo.tracking.names import final_run_name
 from celebhpo.tracking.parent import mark_best, set_study_run_status
-from celebhpo.tracking.trial import BEST_PREFIX
+from celebhpo.tracking.trial import BEST_PREFIX, RUN_ID_ATTR
 
 __all__ = ["refresh_parent"]
 
@@ -27,11 +28,14 @@ log = logging.getLogger(__name__)
 
 
 def refresh_parent(tracker: Tracker, parent_run_id: str, study: optuna.Study,
-                   leaderboard: pd.DataFrame | None = None, *, done: bool = False) -> list[str]:
+                   leaderboard: pd.DataFrame | None = None, *, done: bool = False,
+                   grid: bool = False, config: dict[str, Any] | None = None) -> list[str]:
     """Re-log the parent run's leaderboard.csv, f1_by_attribute.png, Optuna's plots (PNG,
     and all of them in one self-contained summary/report.html), the `trials/*` counts and
     the best trial (`best/*` metrics, tags, the `celebhpo.best` tag on its run), then set
-    the parent's status (parent.set_study_run_status; `done`: the caller's budget is spent).
+    the parent's status (parent.set_study_run_status; `done`: the caller's budget is spent,
+    `grid`: the study's points were queued at creation). `config` is the study's resolved
+    config (its note, the names of its objectives)
     A plot that cannot be drawn is skipped with a warning: a summary never fails a trial.
     Returns the artifact names written."""
     written: list[str] = []
@@ -41,7 +45,7 @@ def refresh_parent(tracker: Tracker, parent_run_id: str, study: optuna.Study,
             leaderboard = study.trials_dataframe()
         _with_runs(leaderboard, study).to_csv(out / "leaderboard.csv", index=False)
         written.append("leaderboard.csv")
-        for name, draw in _parent_plots(study):
+        for name, draw in _parent_plots(study, (config or {}).get("study") or {}):
             try:
                 draw(out / name)
                 written.append(name)
@@ -61,8 +65,8 @@ def refresh_parent(tracker: Tracker, parent_run_id: str, study: optuna.Study,
         metrics += [Metric(f"{BEST_PREFIX}trial_number", best.number, now, step),
                     Metric(f"{BEST_PREFIX}value", float(best.value), now, step)]
     tracker.log_batch(parent_run_id, metrics=metrics)
-    mark_best(tracker, parent_run_id, study, best, step)
-    set_study_run_status(tracker, parent_run_id, study, done)
+    mark_best(tracker, parent_run_id, study, best, step, config)
+    set_study_run_status(tracker, parent_run_id, study, done, grid=grid)
     return written
 
 
@@ -76,7 +80,7 @@ def _with_runs(board: pd.DataFrame, study: optuna.Study) -> pd.DataFrame:
     found = [trials.get(int(n)) for n in board[key]]
     return board.assign(
         run_name=[final_run_name(t) if t else None for t in found],
-        run_id=[t.user_attrs.get("mlflow_run_id") if t else None for t in found])
+        run_id=[t.user_attrs.get(RUN_ID_ATTR) if t else None for t in found])
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
@@ -87,9 +91,8 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
                 if all(v <= 0 for v in t.constraints.values())]
     if not complete:
         return None
-    pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
-    return pick(complete, key=lambda t: (t.value, -t.number) if pick is max
-                else (t.value, t.number))
+    # in trial-number order, so of equal values the first trial's is best
+    return best_of(complete, study.direction.name.lower(), key=lambda t: t.value)
 
 
 _PLOTS = {"optimization_history": "Optimization history",
@@ -99,7 +102,8 @@ _PLOTS = {"optimization_history": "Optimization history",
 _SUMMARY = {f"{k}.png" for k in _PLOTS} | {"report.html", "pareto_front.png"}
 
 
-def _parent_plots(study: optuna.Study) -> list[tuple[str, Callable[[Path], None]]]:
+def _parent_plots(study: optuna.Study, section: dict[str, Any]
+                  ) -> list[tuple[str, Callable[[Path], None]]]:
     """(artifact name, drawer) for each parent plot that makes sense for this study now:
     the heatmap, each Optuna plot as a PNG, and report.html with every Optuna plot."""
     kinds = _plot_kinds(study)
@@ -107,7 +111,8 @@ def _parent_plots(study: optuna.Study) -> list[tuple[str, Callable[[Path], None]
         ("f1_by_attribute.png", lambda path: plots.f1_heatmap_from_study(study, path)),
     ]
     if len(study.directions) == 2:
-        out.append(("pareto_front.png", lambda path: _pareto_png(study, path)))
+        names = section.get("objectives") or ("value 0", "value 1")
+        out.append(("pareto_front.png", lambda path: _pareto_png(study, path, names)))
     for kind in kinds:
         out.append((f"{kind}.png", lambda path, k=kind: plots.optuna_png(study, k, path)))
     if kinds:
@@ -116,14 +121,14 @@ def _parent_plots(study: optuna.Study) -> list[tuple[str, Callable[[Path], None]
     return out
 
 
-def _pareto_png(study: optuna.Study, path: Path) -> None:
-    """A two-metric study's trials, its front (Optuna's, feasible trials only) marked."""
+def _pareto_png(study: optuna.Study, path: Path, names: Sequence[str]) -> None:
+    """A two-metric study's trials (`names`: its objectives), its front (Optuna's, feasible
+    trials only) marked."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    names = ((study.user_attrs.get("config") or {}).get("study") or {}).get("objectives")
     on_front = {t.number for t in study.best_trials}
     points = [{"number": t.number, "values": list(t.values), "label": _short(t.params),
                "feasible": all(v <= 0 for v in t.constraints.values())} for t in complete]
-    plots.pareto_plot(points, tuple(names or ("value 0", "value 1")),
+    plots.pareto_plot(points, tuple(names),
                       tuple(d.name.lower() for d in study.directions), path,
                       f"{study.study_name}: Pareto front",
                       front=[i for i, t in enumerate(complete) if t.number in on_front])

@@ -20,8 +20,8 @@ from typing import Any
 import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 
+from celebhpo._io import report_to_dict
 from celebhpo.errors import TrackingError, mask_url
-from celebhpo.report import report_to_dict
 from celebhpo.tracking import plots
 from celebhpo.tracking.client import Tracker, one_line
 from celebhpo.tracking.metadata import (
@@ -31,12 +31,14 @@ from celebhpo.tracking.metadata import (
     stop_system_metrics,
 )
 from celebhpo.tracking.names import trial_run_name
+from celebhpo.tracking.run import RunHandle
 
-__all__ = ["BEST_PREFIX", "RUN_STATUS", "SLICE_PREFIX", "TrialRun", "f1_by_attribute", "flatten_config", "start_trial",
+__all__ = ["BEST_PREFIX", "RUN_ID_ATTR", "RUN_STATUS", "SLICE_PREFIX", "TrialRun", "f1_by_attribute", "flatten_config", "start_trial",
            "trial_run_name"]
 
 log = logging.getLogger(__name__)
 
+RUN_ID_ATTR = "mlflow_run_id"  # the trial user attr naming its run (export-best reads it)
 BEST_PREFIX = "best/"  # a trial's best-epoch metrics, and the parent's copy of the best trial's
 SLICE_PREFIX = "slice/"  # a trial's subgroup metrics (validation, best epoch, tuned thresholds)
 # Optuna state -> MLflow run status
@@ -114,13 +116,12 @@ def start_trial(tracker: Tracker, experiment_id: str, parent_run_id: str, trial_
     return trial_run
 
 
-class TrialRun:
+class TrialRun(RunHandle):
     """One trial's child run. Made by `start_trial`; ended once by `end`."""
 
     def __init__(self, tracker: Tracker, run_id: str, trial_number: int,
                  name: str | None = None) -> None:
-        self.tracker = tracker
-        self.run_id = run_id
+        super().__init__(tracker, run_id)
         self.trial_number = trial_number
         self.name = name  # the run name; looked up when a pruned run is renamed, if None
         self.monitor: Any = None  # MLflow's system metrics monitor, when [study] asks for it

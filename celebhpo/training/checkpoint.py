@@ -1,7 +1,8 @@
-"""celebhpo checkpoints: written atomically, read with `torch.load(weights_only=True)`.
+"""celebhpo checkpoints: `Checkpoint` owns the file format; written atomically, read with
+`torch.load(weights_only=True)`.
 
-A checkpoint is one dict of plain values and tensors (no pickled classes, so it loads without
-running code):
+On disk a checkpoint is one dict of plain values and tensors (no pickled classes, so it loads
+without running code):
 
     format       "celebhpo-checkpoint"
     version      1
@@ -14,8 +15,9 @@ running code):
     metrics      {name: float}, validation at the best epoch
     epoch        the best epoch (from 1)
     image_size, crop   how images were decoded (optional; else from config.data)
+    val_metrics, test_metrics, export   added by export-best (optional)
 
-Extra keys (export adds `val_metrics`, `test_metrics`, `export`) are kept as they are.
+Keys this version does not know are kept as they are (`Checkpoint.extra`).
 
 A run's resume state (format "celebhpo-resume", see training.resume) is written and read the
 same way by `save_resume_state` / `load_resume_state`.
@@ -29,6 +31,7 @@ import math
 import pickle
 import warnings
 import zipfile
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +42,8 @@ from torch import nn
 from celebhpo._io import atomic_path
 from celebhpo.errors import CheckpointError
 
-__all__ = ["FORMAT", "REQUIRED_KEYS", "RESUME_FORMAT", "RESUME_VERSION", "VERSION",
-           "load_checkpoint", "load_resume_state", "model_from_checkpoint", "save_checkpoint",
-           "save_resume_state"]
+__all__ = ["FORMAT", "REQUIRED_KEYS", "RESUME_FORMAT", "RESUME_VERSION", "VERSION", "Checkpoint",
+           "load_checkpoint", "load_resume_state", "model_from_checkpoint", "save_resume_state"]
 
 FORMAT = "celebhpo-checkpoint"
 VERSION = 1
@@ -54,37 +56,124 @@ _READ_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSEr
                 zipfile.BadZipFile, AttributeError, TypeError, ImportError, KeyError, IndexError)
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write `payload` to `path` atomically and durably (a temp file in the same folder,
-    fsynced, then renamed), so a reader never sees half a file. numpy values become
-    lists/numbers and Paths strings, so the file stays loadable with weights_only=True.
-    Returns `path`."""
-    path = Path(path)
-    payload = dict(payload)
-    payload.setdefault("format", FORMAT)
-    payload.setdefault("version", VERSION)
-    clean = _plain(payload, "payload")
-    _validate(clean, path)
-    # serialised in memory first: torch's own file writer reports a full disk as a
-    # RuntimeError without the file's name, a plain write an OSError naming it
-    buffer = io.BytesIO()
-    torch.save(clean, buffer)
-    with atomic_path(path, durable=True) as tmp:
-        tmp.write_bytes(buffer.getbuffer())
-    return path
+@dataclass(kw_only=True, eq=False)
+class Checkpoint:
+    """One checkpoint, field by field (the module docstring says what each is). An optional
+    field that is None is no key in the file. (No `==`: tensors do not compare to a bool.)"""
+
+    arch: str
+    state_dict: dict[str, torch.Tensor] = field(repr=False)
+    config: dict[str, Any]
+    attributes: list[str]
+    mean: list[float]  # normalization, per channel
+    std: list[float]
+    thresholds: list[float]
+    metrics: dict[str, Any]
+    epoch: int
+    image_size: int | None = None
+    crop: str | None = None
+    val_metrics: dict[str, Any] | None = None
+    test_metrics: dict[str, Any] | None = None
+    export: dict[str, Any] | None = None  # where an exported model came from
+    format: str = FORMAT
+    version: int = VERSION
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
+
+    @classmethod
+    def load(cls, path: str | Path) -> Checkpoint:
+        """Read and validate a celebhpo checkpoint; CheckpointError naming the file otherwise.
+
+        Loaded with weights_only=True: a pickle that would run code (or needs any class beyond
+        tensors and plain containers) is refused, never executed."""
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: checkpoint file not found")
+        payload = _torch_load(path, "checkpoint")
+        _validate(payload, path)
+        known = {f.name for f in fields(cls)} - {"mean", "std", "extra"}
+        return cls(**{k: v for k, v in payload.items() if k in known},
+                   mean=list(payload["normalization"]["mean"]),
+                   std=list(payload["normalization"]["std"]),
+                   extra={k: v for k, v in payload.items()
+                          if k not in known and k != "normalization"})
+
+    def save(self, path: str | Path) -> Path:
+        """Write the checkpoint to `path` atomically and durably (a temp file in the same
+        folder, fsynced, then renamed), so a reader never sees half a file. numpy values
+        become lists/numbers and Paths strings, so the file stays loadable with
+        weights_only=True. Returns `path`."""
+        path = Path(path)
+        clean = _plain(self.to_dict(), "payload")
+        _validate(clean, path)
+        # serialised in memory first: torch's own file writer reports a full disk as a
+        # RuntimeError without the file's name, a plain write an OSError naming it
+        buffer = io.BytesIO()
+        torch.save(clean, buffer)
+        with atomic_path(path, durable=True) as tmp:
+            tmp.write_bytes(buffer.getbuffer())
+        return path
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict the file holds."""
+        out: dict[str, Any] = {
+            "format": self.format, "version": self.version, "arch": self.arch,
+            "state_dict": self.state_dict, "config": self.config,
+            "attributes": self.attributes, "normalization": self.normalization,
+            "thresholds": self.thresholds, "metrics": self.metrics, "epoch": self.epoch}
+        for key in ("image_size", "crop", "val_metrics", "test_metrics", "export"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return {**out, **self.extra}
+
+    @property
+    def normalization(self) -> dict[str, list[float]]:
+        """{"mean": [3], "std": [3]}, as the file holds it."""
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One section of the run's config ("data", "train", "study"); {} when absent."""
+        return (self.config or {}).get(name) or {}
+
+    @property
+    def decode_size(self) -> int:
+        """The image size the model was trained at: `image_size`, else the config's."""
+        return int(self.image_size or self.section("data")["image_size"])
+
+    @property
+    def decode_crop(self) -> str:
+        """How images were cropped in training: `crop`, else the config's (else squash)."""
+        return str(self.crop or self.section("data").get("crop", "squash"))
+
+    def model(self) -> nn.Module:
+        """The checkpoint's model, weights loaded, in eval mode, on the CPU."""
+        # late: torchvision adds ~1 s to the import (torch._dynamo), and the users of a
+        # TorchScript or ONNX model never build one
+        from celebhpo.training.models import create_model
+
+        train = self.section("train")
+        try:
+            model = create_model(self.arch, num_labels=len(self.attributes),
+                                 num_features=int(train.get("num_features", 512)),
+                                 dropout=float(train.get("dropout", 0.0)), pretrained="none")
+            model.load_state_dict(self.state_dict, strict=True)
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise CheckpointError(
+                f"checkpoint of {self.arch!r}: its weights do not fit the model its config "
+                f"describes ({first}); re-create the checkpoint"
+            ) from None
+        return model.eval()
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read and validate a celebhpo checkpoint; CheckpointError naming the file otherwise.
+# what the model cards of earlier exports show (`from celebhpo.training.checkpoint import ...`)
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """`Checkpoint.load(path)`."""
+    return Checkpoint.load(path)
 
-    Loaded with weights_only=True: a pickle that would run code (or needs any class beyond
-    tensors and plain containers) is refused, never executed."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    payload = _torch_load(path, "checkpoint")
-    _validate(payload, path)
-    return payload
+
+def model_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
+    """`ckpt.model()`."""
+    return ckpt.model()
 
 
 def save_resume_state(path: str | Path, state: dict[str, Any], *, durable: bool = True
@@ -115,32 +204,6 @@ def load_resume_state(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: resume state version {version!r} is newer than this "
                               f"celebhpo reads ({RESUME_VERSION}); upgrade celebhpo")
     return state
-
-
-def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
-    """The checkpoint's model, weights loaded, in eval mode, on the CPU."""
-    # late: torchvision adds ~1 s to the import (torch._dynamo), and load_checkpoint's users
-    # with a TorchScript or ONNX model never build one
-    from celebhpo.training.models import create_model
-
-    train = (payload.get("config") or {}).get("train") or {}
-    arch = str(payload["arch"])
-    try:
-        model = create_model(
-            arch,
-            num_labels=len(payload["attributes"]),
-            num_features=int(train.get("num_features", 512)),
-            dropout=float(train.get("dropout", 0.0)),
-            pretrained="none",
-        )
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except (RuntimeError, KeyError, ValueError, TypeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise CheckpointError(
-            f"checkpoint of {arch!r}: its weights do not fit the model its config describes "
-            f"({first}); re-create the checkpoint"
-        ) from None
-    return model.eval()
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 from celebhpo.errors import DataError
+from celebhpo.stopping import StopRequest
 
 if TYPE_CHECKING:
     from celebhpo.data import BatchLoader
 
-__all__ = ["Callback", "EpochStats", "EvalOutput", "evaluate", "train_one_epoch"]
+__all__ = ["Callback", "EpochStats", "EvalOutput", "StopCheck", "evaluate", "train_one_epoch"]
 
 
 class Callback:
@@ -41,8 +42,28 @@ class Callback:
     def on_batch_end(self, epoch: int, batch: int, n_batches: int) -> None:
         """After each optimizer step (batch counts from 0). Must not sync the device."""
 
+    def on_eval_batch_end(self, batch: int, n_batches: int) -> None:
+        """After each batch of `evaluate` (from 0). Must not sync the device."""
+
     def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> None:
         """After each epoch's validation; `metrics` is that epoch's history row."""
+
+
+class StopCheck(Callback):
+    """The safe points of a run: after every batch (training and validation) and every
+    epoch, raise `Interrupted` once `stop` holds a request (celebhpo.stopping)."""
+
+    def __init__(self, stop: StopRequest) -> None:
+        self.stop = stop
+
+    def on_batch_end(self, epoch: int, batch: int, n_batches: int) -> None:
+        self.stop.check()
+
+    def on_eval_batch_end(self, batch: int, n_batches: int) -> None:
+        self.stop.check()
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> None:
+        self.stop.check()
 
 
 @dataclass
@@ -113,24 +134,26 @@ def train_one_epoch(
 
 
 def evaluate(model: nn.Module, loader: BatchLoader, loss_fn: nn.Module | None = None, *,
-             amp: bool = False, weighted_loss_fn: nn.Module | None = None) -> EvalOutput:
+             amp: bool = False, weighted_loss_fn: nn.Module | None = None,
+             callbacks: Sequence[Callback] = ()) -> EvalOutput:
     """Loss, probabilities and targets of the WHOLE split (no flip: give a loader built with
     flip=False, shuffle=False). Predictions are `sigmoid(logits)`, per attribute; `amp` runs
     the forward under bf16 autocast (fit evaluates in fp32).
 
     `loss` is `loss_fn` (default: plain, unweighted BCE, the loss trials are compared by);
     `weighted_loss_fn`, when given, is computed on the same logits in the same pass (fit uses
-    it to log the class-weighted training loss on validation too)."""
+    it to log the class-weighted training loss on validation too). `callbacks` get
+    `on_eval_batch_end` after each batch."""
     model.eval()
     device = next(model.parameters()).device
     loss_fn = loss_fn if loss_fn is not None else nn.BCEWithLogitsLoss()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     weighted_sum = torch.zeros((), dtype=torch.float64, device=device)
     probs, targets = [], []
-    n = 0
+    n, n_batches = 0, len(loader)
     # a torch.compile'd model recompiles under inference_mode; no_grad keeps its graphs
     with torch.no_grad() if hasattr(model, "_orig_mod") else torch.inference_mode():
-        for x, y in loader:  # x (B, 3, S, S), y (B, A)
+        for b, (x, y) in enumerate(loader):  # x (B, 3, S, S), y (B, A)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(x)  # (B, A)
             logits = logits.float()
@@ -140,6 +163,8 @@ def evaluate(model: nn.Module, loader: BatchLoader, loss_fn: nn.Module | None = 
             probs.append(torch.sigmoid(logits))
             targets.append(y)
             n += x.shape[0]
+            for cb in callbacks:
+                cb.on_eval_batch_end(b, n_batches)
     if n == 0:
         raise DataError("evaluate: the split has no images")
     return EvalOutput(loss=float(loss_sum.item()) / n,

@@ -34,7 +34,7 @@ from celebhpo.data import IMAGENET_MEAN, IMAGENET_STD, BatchLoader
 from celebhpo.errors import ConfigError, DataError, TrainingError
 from celebhpo.training import models
 from celebhpo.training.amp import enable_fast_fp32, resolve_amp
-from celebhpo.training.checkpoint import FORMAT, VERSION, save_checkpoint
+from celebhpo.training.checkpoint import Checkpoint
 from celebhpo.training.devices import resolve_device
 from celebhpo.training.epoch import Callback, EpochStats, EvalOutput, evaluate, train_one_epoch
 from celebhpo.training.metrics import better_row, compute_metrics, per_class_report, tune_thresholds
@@ -137,15 +137,13 @@ def fit(cfg: StudyConfig, data: DataBundle, callbacks: Iterable[Callback] = (),
     thresholds, report, best_metrics, slices = _tune(cfg.train, run, best)
     saved: Path | None = None
     if checkpoint_path is not None:
-        saved = save_checkpoint(checkpoint_path, {
-            "format": FORMAT, "version": VERSION, "arch": cfg.train.arch,
-            "state_dict": best.state, "config": cfg.to_dict(), "attributes": list(data.attributes),
-            "normalization": {"mean": [float(v) for v in run.mean],
-                              "std": [float(v) for v in run.std]},
-            "thresholds": [float(t) for t in thresholds], "metrics": best_metrics,
-            "epoch": int(best.row["epoch"]),
-            "image_size": int(data.splits["train"].images.shape[1]), "crop": cfg.data.crop,
-        })
+        saved = Checkpoint(
+            arch=cfg.train.arch, state_dict=best.state, config=cfg.to_dict(),
+            attributes=list(data.attributes), mean=[float(v) for v in run.mean],
+            std=[float(v) for v in run.std], thresholds=[float(t) for t in thresholds],
+            metrics=best_metrics, epoch=int(best.row["epoch"]),
+            image_size=int(data.splits["train"].images.shape[1]), crop=cfg.data.crop,
+        ).save(checkpoint_path)
     return FitResult(history=history, best_epoch=int(best.row["epoch"]),
                      best_metrics=best_metrics, report=report, thresholds=thresholds,
                      checkpoint_path=saved, stopped_early=stopped_early, device=str(run.device),
@@ -246,7 +244,7 @@ def _one_epoch(tc: TrainConfig, run: _Run, epoch: int, callbacks: Sequence[Callb
     # validate on the whole split: plain BCE (comparable across weightings), and the
     # training loss too when it is weighted
     out = evaluate(run.run_model, run.val_loader, amp=False,  # fp32: see training.amp
-                   weighted_loss_fn=run.loss_fn if run.weighted else None)
+                   weighted_loss_fn=run.loss_fn if run.weighted else None, callbacks=callbacks)
     _check_finite(tc, epoch, lr, out=out)
     m = compute_metrics(out.probs, out.targets, attributes=run.attributes)
     row = {"epoch": epoch, "train_loss": stats.loss, "val_loss": out.loss,

@@ -36,6 +36,7 @@ from sklearn.metrics import (
 )
 
 from celebhpo.data.quality import label_quality, reliable_mask
+from celebhpo.objectives import better
 
 __all__ = [
     "THRESHOLD_METRICS",
@@ -136,16 +137,9 @@ def mean_acc_over(correct: np.ndarray, mask: np.ndarray) -> float:
 
 def better_row(metric: str, direction: str) -> Callable[[dict[str, Any], dict[str, Any]], bool]:
     """Whether history row `a` beats row `b` on `metric` (strictly: a tie keeps the earlier
-    epoch). A NaN value (mAP of a split with no positive) never beats a number."""
-    sign = -1.0 if direction == "minimize" else 1.0
-
-    def better(a: dict[str, Any], b: dict[str, Any]) -> bool:
-        va, vb = float(a[metric]), float(b[metric])
-        if math.isnan(va):
-            return False
-        return math.isnan(vb) or sign * va > sign * vb
-
-    return better
+    epoch). A NaN value (mAP of a split with no positive) never beats a number
+    (`objectives.better`)."""
+    return lambda a, b: better(a[metric], b[metric], direction)
 
 
 THRESHOLD_METRICS = ("accuracy", "f1", "balanced_accuracy", "none")

@@ -30,19 +30,12 @@ import torch
 import torchvision
 from torch import nn
 
+from celebhpo.archs import is_known_arch, list_models, torchvision_names
 from celebhpo.errors import ModelError, did_you_mean
 
 __all__ = ["Head", "TinyNet", "create_model", "is_known_arch", "list_models", "make_head"]
 
 log = logging.getLogger(__name__)
-
-# Named here because the seed and the docs use them; any other torchvision classification
-# model works by its torchvision name as well.
-REGISTERED = [
-    "resnet50", "densenet121", "resnet18", "resnet34", "resnet101", "densenet169",
-    "efficientnet_b0", "mobilenet_v3_large", "convnext_tiny",
-]
-TEST_ARCHS = ["tiny"]
 
 # Backbones whose auxiliary classifiers return a tuple in training mode: we drop them.
 _AUX_MODULES = ("aux1", "aux2", "AuxLogits")
@@ -73,21 +66,6 @@ class TinyNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 3, S, S)
         x = self.pool(self.features(x)).flatten(1)  # (B, 4w * 2 * 2)
         return self.fc(x)  # (B, num_classes)
-
-
-def _torchvision_names() -> list[str]:
-    # classification models only: detection/segmentation/video live in submodules
-    return list(torchvision.models.list_models(module=torchvision.models))
-
-
-def list_models() -> list[str]:
-    """The registered architecture names (the seed's pair first), then the test arch."""
-    return REGISTERED + TEST_ARCHS
-
-
-def is_known_arch(name: object) -> bool:
-    """True for a registered name or any torchvision classification model name."""
-    return isinstance(name, str) and (name in list_models() or name in _torchvision_names())
 
 
 class Head(nn.Sequential):
@@ -137,7 +115,7 @@ def _builder(name: str) -> Callable[[], nn.Module]:
         return TinyNet
     if not is_known_arch(name):
         known = list_models()
-        close = did_you_mean(name, known + _torchvision_names())
+        close = did_you_mean(name, known + torchvision_names())
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ModelError(
             f"unknown architecture {name!r}{hint} (known: {', '.join(known)}, "

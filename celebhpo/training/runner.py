@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from celebhpo.config import load_study_file
+from celebhpo.config import StudyConfig, load_study_file
 from celebhpo.data import load_data
-from celebhpo.report import format_training
-from celebhpo.training.loop import fit
+from celebhpo.training.loop import FitResult, fit
 from celebhpo.training.progress import EpochProgress
+
+__all__ = ["TrainResult", "train_one_config"]
+
+
+@dataclass
+class TrainResult:
+    """What `celebhpo train` did: the configuration it trained, fit's result, and the images
+    it could not read (name, reason); report.format_training shows it."""
+
+    config: StudyConfig
+    fit: FitResult
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 def train_one_config(
@@ -19,9 +31,9 @@ def train_one_config(
     device: str | None = None,
     checkpoint: Path | None = None,
     progress: bool = True,
-) -> str:
-    """Train the study file's configuration (searched keys at their first value); return a
-    summary for people. The best epoch's checkpoint goes to `checkpoint`."""
+) -> TrainResult:
+    """Train the study file's configuration (searched keys at their first value). The best
+    epoch's checkpoint goes to `checkpoint`."""
     cfg = load_study_file(study_file, overrides, data_root).fixed()
     if device:
         cfg.train.device = device
@@ -31,4 +43,4 @@ def train_one_config(
         result = fit(cfg, data, callbacks=[bar], checkpoint_path=checkpoint)
     finally:
         bar.close()
-    return format_training(cfg, result, data.skipped)
+    return TrainResult(config=cfg, fit=result, skipped=list(data.skipped))

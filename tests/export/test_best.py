@@ -18,6 +18,8 @@ from celebhpo.export.card import model_card
 from celebhpo.export.formats import export_onnx, export_torchscript, parse_formats
 from celebhpo.hpo import require_best_trial
 from celebhpo.inference.evaluate import majority_classes, score_split
+from celebhpo.report import format_export
+from celebhpo.training.checkpoint import Checkpoint
 
 SECRET = "postgresql+psycopg2://alice:hunter2@db.example/optuna"
 
@@ -191,18 +193,17 @@ def _card(attributes: list[str], seed: int = 0, secret: str = SECRET,
                                   batch=torch.zeros(1, 3, 4, 4), slices=slices)
                    for k, (s, (p, t)) in enumerate(splits.items())}
     study = _study_with([("COMPLETE", 0.31)], "minimize")
-    payload = {
-        "arch": "tiny", "epoch": 3, "attributes": attributes,
-        "thresholds": thresholds.tolist(),
-        "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
-        "metrics": {"val_loss": 0.31, "val_mean_acc": 0.8, "val_map": 0.7},
-        "config": {"data": {"root": f"/data/{secret}", "image_size": 32, "crop": "squash",
-                            "layout": "kaggle"},
-                   "train": {"arch": "tiny", "lr": 0.1, "dropout": 0.3, "num_features": 64,
-                             "pretrained": "none", "epochs": 3, "threshold_metric": "accuracy"}},
-    }
+    ckpt = Checkpoint(
+        arch="tiny", epoch=3, attributes=attributes, state_dict={},
+        thresholds=thresholds.tolist(), mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25],
+        metrics={"val_loss": 0.31, "val_mean_acc": 0.8, "val_map": 0.7},
+        config={"data": {"root": f"/data/{secret}", "image_size": 32, "crop": "squash",
+                         "layout": "kaggle"},
+                "train": {"arch": "tiny", "lr": 0.1, "dropout": 0.3, "num_features": 64,
+                          "pretrained": "none", "epochs": 3, "threshold_metric": "accuracy"}},
+    )
     md, card = model_card(
-        payload=payload, study_name="grid", storage=secret, trial=study.trials[0],
+        ckpt=ckpt, study_name="grid", storage=secret, trial=study.trials[0],
         metric="val_loss", direction="minimize", run_id="abc123",
         tracking_uri="http://bob:pw123@mlflow:5000", evaluations=evaluations,
         files=["model.pt", "model.ts"], checks={"torchscript": 1e-7},
@@ -330,18 +331,17 @@ def _independent_scores(out: Path) -> dict[str, dict]:
 
     from celebhpo.config import StudyConfig
     from celebhpo.data import load_data, normalize, read_celeba, select_split
-    from celebhpo.training.checkpoint import load_checkpoint, model_from_checkpoint
     from celebhpo.training.slices import slice_metrics
 
-    ckpt = load_checkpoint(out / "model.pt")
-    cfg = StudyConfig.from_dict(ckpt["config"], source="test")
-    model = model_from_checkpoint(ckpt).eval()
+    ckpt = Checkpoint.load(out / "model.pt")
+    cfg = StudyConfig.from_dict(ckpt.config, source="test")
+    model = ckpt.model().eval()
     data = load_data(cfg.data, splits=("val", "test"), progress=False)
     ds = read_celeba(cfg.data.root)
     train = ds.labels[select_split(ds, "train", cfg.data.train_size)]
     majority = (train.mean(0) > 0.5).astype(int)
-    th = np.asarray(ckpt["thresholds"])
-    norm = ckpt["normalization"]
+    th = np.asarray(ckpt.thresholds)
+    norm = ckpt.normalization
     got = {}
     for split in ("val", "test"):
         x = normalize(torch.from_numpy(np.array(data[split].images)), norm["mean"], norm["std"])
@@ -372,7 +372,6 @@ def test_export_best_end_to_end(tmp_path, synth_root):
     from celebhpo.cli import cli
     from celebhpo.hpo.studies import load_study
     from celebhpo.inference import load_model, predict
-    from celebhpo.training.checkpoint import load_checkpoint
 
     # trained with a weighted loss: the card's loss rows must still be plain BCE
     storage, tracking = _tiny_study(tmp_path, synth_root, "e2e",
@@ -389,16 +388,16 @@ def test_export_best_end_to_end(tmp_path, synth_root):
     assert sorted(p.name for p in out.iterdir()) == [
         "model.onnx", "model.pt", "model.ts", "model_card.json", "model_card.md"]
     assert [p.parent.name for p in tmp_path.iterdir() if p.name.startswith(".best.tmp")] == []
-    ckpt = load_checkpoint(out / "model.pt")
-    assert ckpt["export"]["trial_number"] == best.number
-    assert ckpt["test_metrics"] == {k: v for k, v in result.metrics["test"].items()
-                                    if k != "n_images"}
+    ckpt = Checkpoint.load(out / "model.pt")
+    assert ckpt.export["trial_number"] == best.number
+    assert ckpt.test_metrics == {k: v for k, v in result.metrics["test"].items()
+                                 if k != "n_images"}
     assert set(result.checks) == {"torchscript", "onnx"}
     card = json.loads((out / "model_card.json").read_text())
     assert card["trial_number"] == best.number
     assert card["objective"]["metric"] == "val_loss"
     assert len(card["per_attribute"]) == 40 and len(card["thresholds"]) == 40
-    summary = result.summary()
+    summary = format_export(result)
     assert "\n" not in summary and "registered celebhpo-e2e version 1" in summary
 
     # the card's numbers, recomputed here from the exported model: same thresholds on both
@@ -413,7 +412,7 @@ def test_export_best_end_to_end(tmp_path, synth_root):
                 mine[split][label], abs=1e-9)
         assert m["loss"] == pytest.approx(mine[split]["loss"], rel=1e-5)
         assert abs(m["loss"] - mine[split]["weighted_loss"]) > 1e-3  # not the training loss
-        assert ckpt[f"{split}_metrics"]["loss"] == m["loss"]
+        assert getattr(ckpt, f"{split}_metrics")["loss"] == m["loss"]
         # the default [study] slices, at the tuned thresholds
         assert card["slices"][split]["worst_group_acc"] == pytest.approx(
             mine[split]["worst_group_acc"], abs=1e-9)

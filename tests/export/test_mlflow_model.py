@@ -32,7 +32,7 @@ def test_registered_model_loads_predicts_and_keeps_its_alias(tmp_path, synth_roo
 
     from celebhpo.data import load_image
     from celebhpo.inference import load_model, predict
-    from celebhpo.training.checkpoint import load_checkpoint
+    from celebhpo.training.checkpoint import Checkpoint
 
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     cfg = load_study_file(write_study(tmp_path / "s.toml", synth_root, name="reg"))
@@ -69,7 +69,7 @@ def test_registered_model_loads_predicts_and_keeps_its_alias(tmp_path, synth_roo
     client = tracker.client
     v1 = client.get_model_version("reg-model", "1")
     score = float(v1.tags[SCORE_TAG])
-    split = split_key(load_checkpoint(out / "model.pt"))
+    split = split_key(Checkpoint.load(out / "model.pt"))
     assert v1.source.startswith("models:/m-") and v1.run_id == result.run_id
     same = {"model_uri": v1.source, "model_id": v1.source.removeprefix("models:/")}
     worse = register_model(tracker, "reg-model", result.run_id, **same,

@@ -23,6 +23,7 @@ from celebhpo.hpo import (
     pareto_board,
     require_best_trial,
 )
+from celebhpo.report import format_optimize_summary
 from tests.helpers import mlflow_runs, write_study
 
 TS = optuna.trial.TrialState
@@ -40,7 +41,7 @@ def _run(tmp_path, synth_root, name: str, *, sampler: str, space: str, study_ext
     study = load_study(name, storage)[0]
     if len(study.directions) > 1:  # optimize's last line names the front
         front = ", ".join(str(t.number) for t in sorted(study.best_trials, key=lambda t: t.number))
-        assert f"Pareto front: trial(s) {front} (study show --pareto" in str(summary)
+        assert f"Pareto front: trial(s) {front} (study show --pareto" in format_optimize_summary(summary)
     return study, storage, uri
 
 

@@ -10,6 +10,7 @@ import pytest
 from celebhpo.config import load_study_file
 from celebhpo.hpo import create_study, leaderboard, load_study, optimize
 from celebhpo.hpo.liveness import DUPLICATE_OF, RETRY_WANTED, claim_waiting_trial, requeue
+from celebhpo.hpo.retry import retry_history
 from tests.helpers import assert_grid_done_once, write_study
 
 TS = optuna.trial.TrialState
@@ -23,6 +24,7 @@ def _study(tmp_path, synth_root, name: str) -> tuple[optuna.Study, str, str]:
     return load_study(name, storage)[0], storage, uri
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # its helper
 @pytest.mark.parametrize("how", ["marked", "heartbeat"])
 def test_a_failed_trial_whose_requeue_never_happened_is_requeued(tmp_path, synth_root, how):
     """The worker failed its (or a dead worker's) trial and died before queueing the re-run:
@@ -39,8 +41,10 @@ def test_a_failed_trial_whose_requeue_never_happened_is_requeued(tmp_path, synth
     assert summary.stopped == "the grid is exhausted"
     assert_grid_done_once(storage, f"orphan-{how}", uri, points=2)
     trials = load_study(f"orphan-{how}", storage)[0].get_trials()
-    assert [t.system_attrs["retry_history"] for t in trials
-            if t.system_attrs.get("retry_history")] == [[trial.number]]
+    assert [retry_history(t) for t in trials if retry_history(t)] == [[trial.number]]
+    # kept where Optuna's own helper reads it
+    assert [optuna.storages.RetryFailedTrialCallback.retry_history(t) for t in trials
+            if retry_history(t)] == [[trial.number]]
 
 
 def test_a_trial_that_failed_on_its_own_is_not_requeued(tmp_path, synth_root):
@@ -51,7 +55,7 @@ def test_a_trial_that_failed_on_its_own_is_not_requeued(tmp_path, synth_root):
     optimize(study_name="diverged", storage=storage, tracking_uri=uri, progress=False)
     trials = load_study("diverged", storage)[0].get_trials()
     assert [t.state for t in trials].count(TS.COMPLETE) == 1
-    assert not [t for t in trials if t.system_attrs.get("retry_history")]
+    assert not [t for t in trials if retry_history(t)]
 
 
 def test_a_rerun_queued_twice_runs_once(tmp_path, synth_root):
@@ -67,7 +71,7 @@ def test_a_rerun_queued_twice_runs_once(tmp_path, synth_root):
     optimize(study_name="twice", storage=storage, tracking_uri=uri, progress=False)
     assert_grid_done_once(storage, "twice", uri, points=2)
     trials = load_study("twice", storage)[0].get_trials()
-    reruns = [t for t in trials if t.system_attrs.get("retry_history") == [trial.number]]
+    reruns = [t for t in trials if retry_history(t) == [trial.number]]
     assert [t.state for t in reruns] == [TS.COMPLETE, TS.FAIL]
     assert reruns[1].user_attrs[DUPLICATE_OF] == reruns[0].number
     assert "mlflow_run_id" not in reruns[1].user_attrs

@@ -17,15 +17,18 @@ from mlflow import MlflowClient
 from celebhpo.config import load_study_file
 from celebhpo.errors import ConfigError, DataError, StudyError, TrackingError
 from celebhpo.hpo import (
+    StudyRecord,
     create_study,
     launch_workers,
     leaderboard,
     list_studies,
     load_study,
     open_storage,
+    open_study,
     optimize,
     parse_storage,
 )
+from celebhpo.report import format_trial_line
 from tests.helpers import mlflow_runs, write_study
 
 TS = optuna.trial.TrialState
@@ -61,15 +64,17 @@ def test_create_noop_conflict_replace(tmp_path, synth_root, storage, tracking_ur
     study, stored = load_study("create", storage)
     assert stored.train.epochs == 2
     assert Path(stored.data.root).is_absolute()
-    attrs = study.user_attrs
-    assert attrs["grid"] is True and attrs["tracking_uri"] == tracking_uri
+    record = StudyRecord.of(study)
+    assert record.grid is True and record.tracking_uri == tracking_uri
+    assert record.config == stored.to_dict() and record.metric == "val_loss"
     # the queued grid points, in the file's order, each tagged with its GridSampler grid_id
     waiting = study.get_trials(states=(TS.WAITING,))
     assert [t.params["lr"] for t in waiting] == [0.003, 0.03]
     assert sorted(t.system_attrs["grid_id"] for t in waiting) == [0, 1]
     client = MlflowClient(tracking_uri)
-    parent = client.get_run(attrs["parent_run_id"])
-    assert parent.info.experiment_id == attrs["experiment_id"]
+    parent = client.get_run(record.parent_run_id)
+    assert parent.info.experiment_id == record.experiment_id
+    assert parent.data.tags["celebhpo.study_key"] == record.study_key
 
 
 def test_grid_with_a_range_is_an_error(tmp_path, synth_root, storage, tracking_uri):
@@ -142,11 +147,40 @@ def test_study_name_inference(tmp_path, synth_root, storage, tracking_uri):
     assert list(table["waiting"]) == [2, 2]
 
 
+def test_study_record_is_what_the_study_stores(tmp_path, synth_root, storage, tracking_uri):
+    """The record is the study's user attrs, typed: read back as written, None for a study
+    celebhpo did not make (which open_study refuses by name)."""
+    cfg = load_study_file(write_study(tmp_path / "s.toml", synth_root, name="rec"))
+    create_study(cfg, storage=parse_storage(storage), grid=True, tracking_uri=tracking_uri)
+    study, stored, record = open_study("rec", parse_storage(storage))
+    assert record == StudyRecord.read(study.user_attrs) == StudyRecord.of(study)
+    assert StudyRecord.read(record.to_attrs()) == record
+    assert set(record.to_attrs()) == {"config", "grid", "tracking_uri", "experiment_id",
+                                      "parent_run_id", "study_key"}
+    assert (record.sampler, record.objectives) == ("grid", []) and stored.study.name == "rec"
+    foreign = optuna.create_study(study_name="foreign", storage=storage)
+    assert StudyRecord.of(foreign) is None
+    with pytest.raises(StudyError, match="'foreign' .* was not created by celebhpo"):
+        open_study("foreign", storage)
+    assert list(list_studies(storage)["sampler"]) == ["?", "grid"]
+
+
 def test_launch_workers_needs_a_shared_storage(tmp_path):
     with pytest.raises(StudyError, match="SQLite, which is for one process"):
-        launch_workers(["0", "1"], ["optimize", "--storage", f"sqlite:///{tmp_path}/x.db"])
+        launch_workers(["0", "1"], ["optimize"], parse_storage(f"sqlite:///{tmp_path}/x.db"))
     with pytest.raises(StudyError, match="lists a device twice"):
-        launch_workers(["0", "0"], ["optimize", "--storage", str(tmp_path / "x.log")])
+        launch_workers(["0", "0"], ["optimize"], parse_storage(str(tmp_path / "x.log")))
+
+
+def test_launched_workers_get_the_storage_by_environment(tmp_path, monkeypatch, capfd):
+    """The launcher's storage reaches each worker as CELEBHPO_STORAGE (its --storage), never
+    argv, and wins over a CELEBHPO_STORAGE the launcher itself was started with."""
+    journal = tmp_path / "shared.log"
+    optuna.create_study(study_name="by-env", storage=open_storage(str(journal)))
+    monkeypatch.setenv("CELEBHPO_STORAGE", str(tmp_path / "elsewhere.log"))
+    assert launch_workers(["0"], ["study", "list"], parse_storage(str(journal))) == 0
+    out = capfd.readouterr().out
+    assert "by-env" in out, out
 
 
 # -- optimize ---------------------------------------------------------------------------------
@@ -155,7 +189,8 @@ def test_budget_resume_leaderboard_and_tracking(tmp_path, synth_root, storage, t
                                       space="lr = [0.0003, 0.003, 0.03]"))
     create_study(cfg, storage=storage, grid=True, tracking_uri=tracking_uri)
     lines: list[str] = []
-    first = optimize(storage=storage, n_trials=2, progress=False, echo=lines.append)
+    first = optimize(storage=storage, n_trials=2, progress=False, echo=lines.append,
+                     on_trial=lambda t: lines.append(format_trial_line(t)))
     assert first.ran == [0, 1] and first.stopped == "the study holds 2 trials (--trials 2)"
     assert [line.split()[:3] for line in lines[:2]] == [["trial", "0", "COMPLETE"],
                                                         ["trial", "1", "COMPLETE"]]

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from celebhpo.cli import cli
 from celebhpo.config import load_study_file
 from celebhpo.errors import TrackingError
-from celebhpo.hpo import create_study, list_studies, load_study, optimize
+from celebhpo.hpo import StudyRecord, create_study, list_studies, load_study, optimize
 from tests.helpers import write_study
 from tests.tracking.http_proxy import HttpProxy
 
@@ -49,20 +49,20 @@ def test_a_new_study_of_an_old_name_gets_a_parent_run_of_its_own(tmp_path, synth
                                           space=f"lr = [{lr}]"))
         assert create_study(cfg, storage=storage, grid=True, tracking_uri=tracking).created
         assert optimize(storage=storage, progress=False, echo=_quiet).ran == [0]
-        made.append(load_study("again", storage)[0].user_attrs)
+        made.append(StudyRecord.of(load_study("again", storage)[0]))
     first, second = made
-    assert first["experiment_id"] == second["experiment_id"]  # one experiment per name
-    assert first["parent_run_id"] != second["parent_run_id"]
-    assert first["study_key"] != second["study_key"]
-    exp = first["experiment_id"]
-    for attrs, name, lr in ((first, "again", 0.01), (second, "again (2)", 0.03)):
-        parent = client.get_run(attrs["parent_run_id"])
+    assert first.experiment_id == second.experiment_id  # one experiment per name
+    assert first.parent_run_id != second.parent_run_id
+    assert first.study_key != second.study_key
+    exp = first.experiment_id
+    for record, name, lr in ((first, "again", 0.01), (second, "again (2)", 0.03)):
+        parent = client.get_run(record.parent_run_id)
         assert parent.info.run_name == name
-        assert parent.data.tags["celebhpo.study_key"] == attrs["study_key"]
+        assert parent.data.tags["celebhpo.study_key"] == record.study_key
         # one t000 under each parent, and each parent's summary is its own study's
-        children = _children(client, attrs["parent_run_id"], exp)
+        children = _children(client, record.parent_run_id, exp)
         assert [r.info.run_name for r in children] == [f"t000 lr={lr}"]
-        assert _leaderboard_lrs(client, attrs["parent_run_id"], tmp_path / name) == [lr]
+        assert _leaderboard_lrs(client, record.parent_run_id, tmp_path / name) == [lr]
 
 
 def test_a_replaced_study_supersedes_its_old_parent_run(tmp_path, synth_root):
@@ -70,14 +70,14 @@ def test_a_replaced_study_supersedes_its_old_parent_run(tmp_path, synth_root):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     cfg = load_study_file(write_study(tmp_path / "s.toml", synth_root, name="swap"))
     create_study(cfg, storage=storage, grid=True, tracking_uri=tracking)
-    old = load_study("swap", storage)[0].user_attrs
+    old = StudyRecord.of(load_study("swap", storage)[0])
     create_study(cfg.with_overrides(["train.epochs=2"]), storage=storage, grid=True,
                  replace=True, tracking_uri=tracking)
-    new = load_study("swap", storage)[0].user_attrs
+    new = StudyRecord.of(load_study("swap", storage)[0])
     client = MlflowClient(tracking)
-    assert new["parent_run_id"] != old["parent_run_id"]
-    assert client.get_run(old["parent_run_id"]).data.tags["superseded"] == "true"
-    assert "superseded" not in client.get_run(new["parent_run_id"]).data.tags
+    assert new.parent_run_id != old.parent_run_id
+    assert client.get_run(old.parent_run_id).data.tags["superseded"] == "true"
+    assert "superseded" not in client.get_run(new.parent_run_id).data.tags
 
 
 # -- case 5 -----------------------------------------------------------------------------------
@@ -108,9 +108,9 @@ def test_a_database_tracking_uri_needs_artifacts_every_worker_reaches(
     shared = tmp_path / "shared" / "artifacts"
     made = CliRunner().invoke(cli, [*create, "--artifacts-destination", str(shared)])
     assert made.exit_code == 0, made.output
-    attrs = load_study("pgart", storage)[0].user_attrs
+    record = StudyRecord.of(load_study("pgart", storage)[0])
     client = MlflowClient(pg_url)
-    assert client.get_experiment(attrs["experiment_id"]).artifact_location == shared.as_uri()
+    assert client.get_experiment(record.experiment_id).artifact_location == shared.as_uri()
     # a worker started in another folder writes where the study said, not into its own cwd
     monkeypatch.chdir(worker)
     assert optimize(storage=storage, progress=False, echo=_quiet).ran == [0]

@@ -15,7 +15,7 @@ from celebhpo.data import ATTRIBUTES, IMAGENET_MEAN, IMAGENET_STD, load_image, r
 from celebhpo.inference import load_model
 from celebhpo.inference.predict import predict_paths
 from celebhpo.inference.retrieve import predict_folder
-from celebhpo.training.checkpoint import FORMAT, VERSION, save_checkpoint
+from celebhpo.training.checkpoint import Checkpoint
 from celebhpo.training.models import create_model
 
 SIZE = 32
@@ -34,12 +34,11 @@ def checkpoint(tmp_path_factory) -> Path:
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
     path = tmp_path_factory.mktemp("model") / "best.pt"
-    save_checkpoint(path, {
-        "format": FORMAT, "version": VERSION, "arch": "tiny", "state_dict": model.state_dict(),
-        "config": cfg.to_dict(), "attributes": list(ATTRIBUTES),
-        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        "thresholds": [0.5] * 40, "metrics": {}, "epoch": 1, "image_size": SIZE,
-        "crop": "squash"})
+    Checkpoint(
+        arch="tiny", state_dict=model.state_dict(), config=cfg.to_dict(),
+        attributes=list(ATTRIBUTES), mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
+        thresholds=[0.5] * 40, metrics={}, epoch=1, image_size=SIZE, crop="squash",
+    ).save(path)
     return path
 
 
@@ -58,9 +57,8 @@ def images(synth_root, tmp_path_factory) -> list[Path]:
 def _one_by_one(checkpoint: Path, paths: list[Path]) -> tuple[list[int], np.ndarray]:
     """The per-image loop: NCHW fp32 model, one image per forward."""
     from celebhpo.data import normalize
-    from celebhpo.training.checkpoint import load_checkpoint, model_from_checkpoint
 
-    model = model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    model = Checkpoint.load(checkpoint).model().eval()
     kept, rows = [], []
     for i, p in enumerate(paths):
         try:

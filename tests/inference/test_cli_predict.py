@@ -18,7 +18,7 @@ from PIL import Image
 
 from celebhpo.cli import cli
 from celebhpo.data import ATTRIBUTES, IMAGENET_MEAN, IMAGENET_STD, load_image, normalize
-from celebhpo.training.checkpoint import save_checkpoint
+from celebhpo.training.checkpoint import Checkpoint
 from celebhpo.training.models import create_model
 
 SIZE = 16
@@ -32,13 +32,13 @@ def setup(tmp_path_factory) -> dict:
     torch.manual_seed(0)
     model = create_model("tiny", num_labels=40, num_features=16, dropout=0.0).eval()
     thresholds = np.random.default_rng(0).uniform(0.35, 0.65, 40).round(3).tolist()
-    save_checkpoint(work / "model" / "model.pt", {
-        "arch": "tiny", "state_dict": model.state_dict(), "attributes": ATTRS,
-        "config": {"data": {"image_size": SIZE, "crop": "squash"},
-                   "train": {"arch": "tiny", "num_features": 16, "dropout": 0.0}},
-        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        "thresholds": thresholds, "metrics": {}, "epoch": 1,
-    })
+    Checkpoint(
+        arch="tiny", state_dict=model.state_dict(), attributes=ATTRS,
+        config={"data": {"image_size": SIZE, "crop": "squash"},
+                "train": {"arch": "tiny", "num_features": 16, "dropout": 0.0}},
+        mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), thresholds=thresholds, metrics={},
+        epoch=1,
+    ).save(work / "model" / "model.pt")
     rng = np.random.default_rng(1)
     images = []
     for i, shape in enumerate([(40, 30), (24, 24), (50, 70)]):

@@ -38,7 +38,7 @@ def trained(synth_root, tmp_path_factory):
     from celebhpo.data import load_data, read_celeba
     from celebhpo.data.layouts import select_split
     from celebhpo.export.formats import export_onnx, export_torchscript
-    from celebhpo.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from celebhpo.training.checkpoint import Checkpoint
     from celebhpo.training.loop import fit
 
     work = tmp_path_factory.mktemp("infer")
@@ -55,7 +55,7 @@ def trained(synth_root, tmp_path_factory):
     export.mkdir()
     shutil.copy(result.checkpoint_path, export / "model.pt")
     # TorchScript and ONNX next to it, made by export-best's own functions
-    model = model_from_checkpoint(load_checkpoint(export / "model.pt")).eval()
+    model = Checkpoint.load(export / "model.pt").model().eval()
     gen = torch.Generator().manual_seed(0)
     example, check = torch.randn(2, 3, SIZE, SIZE, generator=gen), torch.randn(3, 3, SIZE, SIZE)
     export_torchscript(model, example, check, export / "model.ts")
@@ -205,7 +205,8 @@ def test_pickle_with_code_is_refused_without_running_it(tmp_path):
 def test_predict_agrees_with_evaluate_on_the_same_images(trained, predictor):
     from celebhpo.training.metrics import compute_metrics, per_class_report
 
-    metrics, report = evaluate(trained["export"], trained["root"], split="test", progress=False)
+    evaluation = evaluate(trained["export"], trained["root"], split="test", progress=False)
+    metrics, report = evaluation.metrics, evaluation.report
     assert metrics["threshold"] == "tuned"
     files = trained["test_files"]
     result = predict(predictor, files, progress=False)
@@ -308,15 +309,16 @@ def test_formats(trained, predictor):
 
 # -- evaluate ----------------------------------------------------------------------------------
 def test_evaluate_writes_report_files(trained, predictor, tmp_path):
-    metrics, report = evaluate(predictor, trained["root"], split="val", out_dir=tmp_path / "ev",
-                               progress=False)
+    result = evaluate(predictor, trained["root"], split="val", out_dir=tmp_path / "ev",
+                      progress=False)
+    metrics, report = result.metrics, result.report
     assert metrics["split"] == "val" and metrics["n_images"] > 0
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert saved["tuned"] == pytest.approx(metrics["tuned"])
     csv = pd.read_csv(tmp_path / "ev" / "classification_report.csv")
     assert len(csv) == 40 == len(report)
     json.loads((tmp_path / "ev" / "classification_report.json").read_text())
-    text = format_evaluation(metrics, report)
+    text = format_evaluation(result)
     assert "val split" in text and "mean_acc" in text and "Eyeglasses" in text
     assert "metric" in text and "at tuned    at 0.5" in text
 
@@ -326,8 +328,8 @@ def test_evaluate_at_a_chosen_threshold(trained, predictor, tmp_path):
     columns say 0.3 where they used to say tuned."""
     from celebhpo.training.metrics import compute_metrics
 
-    metrics, report = evaluate(predictor, trained["root"], split="test", threshold="0.3",
-                               progress=False)
+    result = evaluate(predictor, trained["root"], split="test", threshold="0.3", progress=False)
+    metrics, report = result.metrics, result.report
     files = trained["test_files"]
     probs = predict(predictor, files, progress=False).probs
     targets = trained["test_labels"].loc[[f.name for f in files], predictor.attributes]
@@ -341,7 +343,7 @@ def test_evaluate_at_a_chosen_threshold(trained, predictor, tmp_path):
     assert "accuracy_at_0.3" in report.columns and "accuracy_tuned" not in report.columns
     np.testing.assert_allclose(report["accuracy_at_0.3"], ((probs > 0.3) == targets).mean(0))
     np.testing.assert_allclose(report["threshold"], 0.3)
-    text = format_evaluation(metrics, report)
+    text = format_evaluation(result)
     assert "at 0.3    at 0.5" in text and "0.3 for every attribute" in text
     # a bad value fails first, before the folder is read
     with pytest.raises(CelebhpoError, match="threshold 'high' is not valid: use tuned, 0.5"):
@@ -358,8 +360,9 @@ def test_evaluate_slices_default_from_the_checkpoint_chosen_or_off(trained, pred
     targets = targets.to_numpy().astype(np.float32)
 
     # default: the checkpoint's [study] slices (Male x Young), at the tuned thresholds
-    metrics, report = evaluate(predictor, trained["root"], split="test", out_dir=tmp_path / "ev",
-                          progress=False)
+    result = evaluate(predictor, trained["root"], split="test", out_dir=tmp_path / "ev",
+                      progress=False)
+    metrics = result.metrics
     expect = slice_metrics(probs, targets, predictor.attributes, ["Male", "Young"],
                            predictor.thresholds)
     assert metrics["slices"]["slices"] == ["Male", "Young"]
@@ -373,14 +376,14 @@ def test_evaluate_slices_default_from_the_checkpoint_chosen_or_off(trained, pred
     assert str(tmp_path / "ev" / "slices.csv") in metrics["written"]
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert saved["slices"]["worst_group_acc"] == pytest.approx(expect.worst_group_acc, abs=1e-6)
-    assert "worst_group_acc" in format_evaluation(metrics, report)
+    assert "worst_group_acc" in format_evaluation(result)
 
     # chosen: one slice; off: none, and no slices.csv
-    one, _ = evaluate(predictor, trained["root"], split="test", slices=["Smiling"],
-                      progress=False)
+    one = evaluate(predictor, trained["root"], split="test", slices=["Smiling"],
+                   progress=False).metrics
     assert one["slices"]["slices"] == ["Smiling"] and len(one["slices"]["groups"]) == 2
-    off, _ = evaluate(predictor, trained["root"], split="test", out_dir=tmp_path / "off",
-                      slices=[], progress=False)
+    off = evaluate(predictor, trained["root"], split="test", out_dir=tmp_path / "off",
+                   slices=[], progress=False).metrics
     assert "slices" not in off and "worst_group_acc" not in off["tuned"]
     assert not (tmp_path / "off" / "slices.csv").exists()
     # a name the model does not predict fails first, naming the option

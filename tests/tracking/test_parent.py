@@ -67,19 +67,18 @@ def test_parent_status_best_tag_and_offline_report(tracking_server, tmp_path):
     exp, parent = create_study_run(tracker, "parent-life", CONFIG, study_key="pl-1")
     assert _run(base, parent)[0]["status"] == "RUNNING"  # trials to run
     study = optuna.create_study(direction="minimize", study_name="parent-life")
-    study.set_user_attr("grid", True)
     for lr in (1e-3, 1e-2, 1e-1):
         study.enqueue_trial({"lr": lr, "dropout": 0.1 if lr < 0.05 else 0.5})
 
     first = _trial(tracker, exp, parent, study, tmp_path, 1e-3, 0.1, value=0.9)
-    refresh_parent(tracker, parent, study)
+    refresh_parent(tracker, parent, study, grid=True)
     info, tags, metrics = _run(base, parent)
     assert info["status"] == "RUNNING"  # two grid points left
     assert _run(base, first)[1][BEST_TAG] == "true"
     assert tags["celebhpo.best_run_id"] == first
 
     second = _trial(tracker, exp, parent, study, tmp_path, 1e-2, 0.1, value=0.4, epochs=3)
-    refresh_parent(tracker, parent, study)
+    refresh_parent(tracker, parent, study, grid=True)
     # the tag moved: only the new best carries it
     assert BEST_TAG not in _run(base, first)[1]
     assert _run(base, second)[1][BEST_TAG] == "true"
@@ -98,7 +97,7 @@ def test_parent_status_best_tag_and_offline_report(tracking_server, tmp_path):
     run.end("FAIL", reason="loss is NaN")
     trial.set_user_attr("mlflow_run_id", run.run_id)
     study.tell(trial, state=TrialState.FAIL)
-    written = refresh_parent(tracker, parent, study, leaderboard(study))
+    written = refresh_parent(tracker, parent, study, leaderboard(study), grid=True)
     board = pd.read_csv(tracker.client.download_artifacts(parent, "leaderboard.csv",
                                                           str(tmp_path / "board")))
     assert board["run_id"].tolist() == [second, first, run.run_id]  # best first
@@ -136,9 +135,9 @@ def test_study_run_status_rules():
     study.tell(study.ask(), 1.0)
     assert study_run_status(study, done=True) == "FINISHED"
     grid = optuna.create_study()
-    grid.set_user_attr("grid", True)
     grid.tell(grid.ask(), state=TrialState.FAIL)
-    assert study_run_status(grid) == "FAILED"  # the grid is done and all of it failed
+    assert study_run_status(grid) == "RUNNING"  # a search: its budget decides
+    assert study_run_status(grid, grid=True) == "FAILED"  # the grid is done and all of it failed
 
 
 def test_parent_status_moves_back_to_running(tracking_server):

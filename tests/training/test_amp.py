@@ -12,7 +12,7 @@ from celebhpo.config import StudyConfig
 from celebhpo.data import BatchLoader, DataBundle
 from celebhpo.errors import ConfigError
 from celebhpo.training.amp import amp_mode, cpu_has_native_bf16, resolve_amp
-from celebhpo.training.checkpoint import load_checkpoint, model_from_checkpoint
+from celebhpo.training.checkpoint import Checkpoint
 from celebhpo.training.loop import Callback, evaluate, fit
 from celebhpo.training.metrics import tune_thresholds
 from tests.training.test_loop import _bundle as loop_bundle
@@ -83,16 +83,16 @@ def test_bf16_training_keeps_accuracy_and_thresholds_come_from_fp32(tmp_path):
     acc = {amp: r.best_metrics["val_mean_acc"] for amp, r in got.items()}
     assert abs(acc["bf16"] - acc["off"]) <= 0.01, acc
     # the bf16 run's thresholds and metrics are those of an fp32 pass of its best weights
-    payload = load_checkpoint(got["bf16"].checkpoint_path)
-    model = model_from_checkpoint(payload).eval()
+    ckpt = Checkpoint.load(got["bf16"].checkpoint_path)
+    model = ckpt.model().eval()
     val = data.splits["val"]
     out = evaluate(model, BatchLoader(val.images, val.labels, 20, shuffle=False, flip=False),
                    amp=False)
     # (fit's model is channels_last, this one NCHW: the same sums in another order)
-    tuned = np.asarray(payload["thresholds"])
+    tuned = np.asarray(ckpt.thresholds)
     np.testing.assert_allclose(tuned, tune_thresholds(out.probs, out.targets, metric="accuracy"),
                                atol=1e-6)
-    assert payload["metrics"]["val_loss"] == pytest.approx(out.loss, rel=1e-6)
+    assert ckpt.metrics["val_loss"] == pytest.approx(out.loss, rel=1e-6)
     bf16 = evaluate(model, BatchLoader(val.images, val.labels, 20, shuffle=False, flip=False),
                     amp=True)
     # the check above can tell them apart

@@ -24,7 +24,7 @@ from celebhpo.data import (
 )
 from celebhpo.errors import ConfigError, TrainingError
 from celebhpo.report import format_training
-from celebhpo.training.checkpoint import load_checkpoint, model_from_checkpoint
+from celebhpo.training.checkpoint import Checkpoint
 from celebhpo.training.devices import resolve_device
 from celebhpo.training.loop import (
     Callback,
@@ -192,12 +192,12 @@ def test_fit_history_callbacks_checkpoint_round_trip(tmp_path):
     assert len(result.thresholds) == 40 and len(result.report) == 40
 
     # the checkpoint holds the best epoch: its predictions reproduce the report and metrics
-    payload = load_checkpoint(result.checkpoint_path)
-    assert payload["epoch"] == result.best_epoch and payload["arch"] == "tiny"
-    assert payload["thresholds"] == pytest.approx(result.thresholds.tolist())
-    assert payload["config"] == cfg.to_dict() and payload["image_size"] == 16
-    assert payload["normalization"] == {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-    model = model_from_checkpoint(payload)
+    ckpt = Checkpoint.load(result.checkpoint_path)
+    assert ckpt.epoch == result.best_epoch and ckpt.arch == "tiny"
+    assert ckpt.thresholds == pytest.approx(result.thresholds.tolist())
+    assert ckpt.config == cfg.to_dict() and ckpt.image_size == 16
+    assert ckpt.normalization == {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    model = ckpt.model()
     val = data.splits["val"]
     loader = BatchLoader(val.images, val.labels, 100, shuffle=False, flip=False, device="cpu")
     out = evaluate(model, loader, weighted_loss_fn=make_loss(data.splits["train"].labels, "seed"))
@@ -218,7 +218,7 @@ def test_a_cpu_run_is_repeatable(tmp_path):
     def run(seed: int, name: str):
         r = fit(_cfg(seed=seed, dropout=0.2), data, checkpoint_path=tmp_path / name)
         rows = [{k: v for k, v in h.items() if k not in TIMING} for h in r.history]
-        return rows, load_checkpoint(r.checkpoint_path)["state_dict"]
+        return rows, Checkpoint.load(r.checkpoint_path).state_dict
 
     a, state_a = run(0, "a.pt")
     b, state_b = run(0, "b.pt")
@@ -301,11 +301,11 @@ def test_the_best_epoch_follows_the_study_metric(tmp_path):
     assert int(np.argmax(accs)) != int(np.argmin(losses))  # the case this test is about
     assert result.best_epoch == int(np.argmax(accs)) + 1  # the first of ties
     assert result.best_metrics["val_mean_acc"] == max(accs)
-    payload = load_checkpoint(result.checkpoint_path)
-    assert payload["epoch"] == result.best_epoch
+    ckpt = Checkpoint.load(result.checkpoint_path)
+    assert ckpt.epoch == result.best_epoch
     val = data.splits["val"]
     loader = BatchLoader(val.images, val.labels, 100, shuffle=False, flip=False, device="cpu")
-    out = evaluate(model_from_checkpoint(payload), loader)
+    out = evaluate(ckpt.model(), loader)
     assert compute_metrics(out.probs, out.targets)["mean_acc"] == pytest.approx(max(accs))
 
 

@@ -19,7 +19,7 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from celebhpo.report import report_to_dict
+from celebhpo._io import report_to_dict
 from celebhpo.training.metrics import (
     average_precisions,
     compute_metrics,

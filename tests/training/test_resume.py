@@ -12,11 +12,7 @@ import pytest
 import torch
 
 from celebhpo.errors import CheckpointError
-from celebhpo.training.checkpoint import (
-    load_checkpoint,
-    load_resume_state,
-    save_resume_state,
-)
+from celebhpo.training.checkpoint import Checkpoint, load_resume_state, save_resume_state
 from celebhpo.training.epoch import EvalOutput
 from celebhpo.training.loop import Callback, FitResult, fit
 from celebhpo.training.resume import BestEpoch, _restore_rng, capture_state, fingerprint
@@ -58,7 +54,7 @@ def _assert_same(a: FitResult, b: FitResult, ckpt_a, ckpt_b) -> None:
     assert a.best_metrics.keys() == b.best_metrics.keys()
     assert {k: v for k, v in a.best_metrics.items() if k not in TIMING} == pytest.approx(
         {k: v for k, v in b.best_metrics.items() if k not in TIMING}, rel=1e-6, abs=1e-7)
-    wa, wb = load_checkpoint(ckpt_a)["state_dict"], load_checkpoint(ckpt_b)["state_dict"]
+    wa, wb = Checkpoint.load(ckpt_a).state_dict, Checkpoint.load(ckpt_b).state_dict
     assert wa.keys() == wb.keys()
     assert max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa) <= 1e-6
 

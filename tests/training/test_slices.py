@@ -129,14 +129,14 @@ def _cfg(**study) -> StudyConfig:
 
 def test_fit_history_and_slices_match_the_checkpoints_outputs(tmp_path):
     from celebhpo.data import BatchLoader
-    from celebhpo.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from celebhpo.training.checkpoint import Checkpoint
     from celebhpo.training.loop import evaluate
 
     data = _bundle()
     result = fit(_cfg(), data, checkpoint_path=tmp_path / "best.pt")
     for h in result.history:  # both keys, every epoch
         assert 0 <= h["val_mean_acc_reliable"] <= 1 and 0 <= h["val_worst_group_acc"] <= 1
-    model = model_from_checkpoint(load_checkpoint(result.checkpoint_path))
+    model = Checkpoint.load(result.checkpoint_path).model()
     val = data.splits["val"]
     out = evaluate(model, BatchLoader(val.images, val.labels, 100, shuffle=False, flip=False,
                                       device="cpu"))
