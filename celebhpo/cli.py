@@ -224,24 +224,30 @@ def optimize_cmd(study_name: str | None, n_trials: int | None, timeout: float | 
 
     Example: celebhpo optimize --study seed-grid --trials 8
     """
-    from celebhpo.hpo import launch_workers, optimize
-    from celebhpo.report import format_optimize_summary, format_trial_line
+    from celebhpo.stopping import StopRequest, stop_on_signals
 
-    if devices:  # the storage goes to the workers by environment, as the tracking URI does
-        args = ["optimize"]
-        args += ["--study", study_name] if study_name else []
-        args += ["--trials", str(n_trials)] if n_trials is not None else []
-        args += ["--timeout", str(timeout)] if timeout is not None else []
-        args += ["--device", device or "cuda"]  # a missing GPU is an error, not the CPU
-        args += ["--no-tracking"] if no_tracking else []
-        if tracking_uri:  # to the workers by environment: `ps` shows argv, not the password
-            os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-        sys.exit(launch_workers(devices.split(","), args, storage))
-    # Ctrl-C/SIGTERM raise Interrupted once the worker has said what it did: Group exits 130/143
-    summary = optimize(study_name=study_name, storage=storage, n_trials=n_trials,
-                       timeout=timeout, device=device, tracking_uri=tracking_uri,
-                       tracking=not no_tracking, progress=True,
-                       on_trial=lambda t: print(format_trial_line(t)))
+    stop = StopRequest()
+    # from the first line: the imports below take seconds, and a Ctrl-C there is a request too
+    with stop_on_signals(stop):
+        from celebhpo.hpo import launch_workers, optimize
+        from celebhpo.report import format_optimize_summary, format_trial_line
+
+        if devices:  # the storage goes to the workers by environment, as the tracking URI does
+            stop.check()
+            args = ["optimize"]
+            args += ["--study", study_name] if study_name else []
+            args += ["--trials", str(n_trials)] if n_trials is not None else []
+            args += ["--timeout", str(timeout)] if timeout is not None else []
+            args += ["--device", device or "cuda"]  # a missing GPU is an error, not the CPU
+            args += ["--no-tracking"] if no_tracking else []
+            if tracking_uri:  # to the workers by environment: `ps` shows argv, not the password
+                os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+            sys.exit(launch_workers(devices.split(","), args, storage))
+        # Ctrl-C/SIGTERM: Interrupted once the worker has said what it did; Group exits 130/143
+        summary = optimize(study_name=study_name, storage=storage, n_trials=n_trials,
+                           timeout=timeout, device=device, tracking_uri=tracking_uri,
+                           tracking=not no_tracking, progress=True, stop=stop,
+                           on_trial=lambda t: print(format_trial_line(t)))
     click.echo(format_optimize_summary(summary))
 
 

@@ -95,6 +95,7 @@ def optimize(
     progress: bool = True,
     echo: Callable[[str], None] = print,
     on_trial: Callable[[FinishedTrial], None] | None = None,
+    stop: StopRequest | None = None,
 ) -> OptimizeSummary:
     """Run trials of a study until it holds `n_trials` trials in all (shared by every worker),
     the grid is exhausted, or `timeout` seconds have passed (no trial starts after that).
@@ -105,14 +106,16 @@ def optimize(
     (--no-tracking) runs without MLflow, as a study with `[study] tracking = "off"` always does (nothing
     logged, no checkpoint or resume state kept); `device` is checked before any
     trial is claimed. `echo` gets notes as they happen (waiting, recovered trials, warnings);
-    `on_trial` is told how each trial ended. The summary is returned, not printed."""
+    `on_trial` is told how each trial ended. The summary is returned, not printed. `stop`:
+    a request the caller already listens for (the CLI does, from its first line); a
+    request made before the call is answered at the first safe point."""
     if n_trials is not None and n_trials < 1:
         raise StudyError(f"--trials {n_trials}: give a number >= 1")
     if timeout is not None and timeout <= 0:
         raise StudyError(f"--timeout {timeout}: give a number of seconds > 0")
     if device:
         resolve_device(device, key="--device")  # e.g. no GPU behind --devices: one line now
-    stop = StopRequest()  # from here on a signal is a request, answered at safe points
+    stop = stop or StopRequest()  # from here on a signal is a request, answered at safe points
     with stop_on_signals(stop):
         spec = as_spec(storage)  # a URL given from Python: parsed here, once
         study, cfg, record = open_study(study_name, spec, worker=True)

@@ -36,7 +36,8 @@ from tests.helpers import assert_grid_done_once, logs, mlflow_runs, start, write
 
 TS = optuna.trial.TrialState
 MOMENTS = ("before_claim", "after_claim", "mid_epoch", "validation", "cache_build")
-SHORT = {"sqlite": [("cache_build", signal.SIGINT), ("mid_epoch", signal.SIGTERM)],
+SHORT = {"sqlite": [("before_claim", signal.SIGINT), ("cache_build", signal.SIGINT),
+                   ("mid_epoch", signal.SIGTERM)],
          "postgresql": [("after_claim", signal.SIGTERM), ("validation", signal.SIGINT)]}
 LONG_TRIES = 30
 BAR = re.compile(r"epoch (\d+)/\d+:\s+(\d+)%\|[^|]*\| (\d+)/(\d+)")
@@ -165,7 +166,8 @@ def _wait_for(moment: str, proc: subprocess.Popen, log: Path, storage: str) -> N
 
 
 def _catches_sigterm(pid: int) -> bool:
-    """Whether the process has a handler for SIGTERM: optimize installed its own."""
+    """Whether the process has a handler for SIGTERM: the optimize command installs its own
+    before it imports the library (seconds), so a signal then lands in those imports."""
     status = Path(f"/proc/{pid}/status").read_text()
     caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)", status, re.M).group(1), 16)
     return bool(caught >> (signal.SIGTERM - 1) & 1)
