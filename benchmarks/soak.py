@@ -4,6 +4,14 @@ most --kills kills, then it stops by itself and the survivors finish the grid).
 
     python benchmarks/soak.py            # 4 workers, 24 points, 12 kills, 127.0.0.1:5432
     python benchmarks/soak.py --workers 3 --points 8 --kills 3 --interval 2 --keep
+    python benchmarks/soak.py --restart-db 3   # + 3 restarts of the PostgreSQL server
+
+--restart-db N mixes N restarts of the whole local PostgreSQL cluster (`pg_ctlcluster
+--skip-systemctl-redirect VERSION main restart`, needs root) into the kills, evenly spaced:
+every connection of every worker is cut and refused for the restart's 2-4 s. Anything else
+using that server (a test suite) sees the restarts too. Workers must ride them out (the
+storage's retry bound, hpo/outage.py): the same checks hold, and the table gives each
+restart's length and the workers' "unreachable"/"is back" lines.
 
 Checks: every grid point COMPLETE exactly once, nothing RUNNING/WAITING, one FINISHED MLflow
 child run per point (its COMPLETE trial's), no MLflow run left RUNNING, every worker not
@@ -70,6 +78,7 @@ class Options:
     timeout: float = 900.0  # for the whole run: a worker still alive after it is hung
     seed: int = 0  # the chaos loop's choices
     any_victim: bool = False
+    restart_db: int = 0  # restarts of the PostgreSQL cluster mixed into the kills
     keep: bool = False  # the database and the work folder (w*.log, mlflow.db)
 
 
@@ -125,18 +134,39 @@ class Workers:
                      if p.pid not in self.killed and (p.returncode or "Traceback" in log.read_text())]
 
 
-def chaos(workers: Workers, study: optuna.Study, opts: Options, deadline: float) -> list[dict]:
+def restart_cluster() -> dict:
+    """Restart the local PostgreSQL cluster (fast mode: clients are cut at once)."""
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    started = time.monotonic()
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+                   check=True, capture_output=True)
+    return {"restart_s": time.monotonic() - started}
+
+
+def chaos(workers: Workers, study: optuna.Study, opts: Options, deadline: float
+          ) -> tuple[list[dict], list[dict]]:
     """Once a trial runs: every 0.5-1.5 x `interval` s kill -9 a random worker (one that
     holds a trial when any does; not one whose trial has used its retries, unless
-    `any_victim`) and start a replacement; until `kills` kills, no worker left or `deadline`."""
+    `any_victim`) and start a replacement, or (`restart_db` times, evenly among the kills)
+    restart the database; until every kill and restart is done, no worker is left or
+    `deadline`. Returns (kills, restarts)."""
     rng = random.Random(opts.seed)
+    total = opts.kills + opts.restart_db
+    restart_at = {round((i + 1) * total / (opts.restart_db + 1)) - 1
+                  for i in range(opts.restart_db)}
     while not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not workers.alive() or time.monotonic() > deadline:
-            return []
+            return [], []
         time.sleep(0.2)
     kills: list[dict] = []  # the victim's trial number (None: idle) and its epochs done
-    while len(kills) < opts.kills and time.monotonic() < deadline and workers.alive():
+    restarts: list[dict] = []
+    while (len(kills) + len(restarts) < total and time.monotonic() < deadline
+           and workers.alive()):
         time.sleep(opts.interval * rng.uniform(0.5, 1.5))
+        if len(kills) + len(restarts) in restart_at and len(restarts) < opts.restart_db:
+            running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+            restarts.append({**restart_cluster(), "running": running})
+            continue
         running = {t.user_attrs.get("pid"): t for t in
                    study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         busy = [p for p in workers.alive() if p.pid in running]
@@ -150,7 +180,7 @@ def chaos(workers: Workers, study: optuna.Study, opts: Options, deadline: float)
         kills.append({"trial": trial and trial.number,
                       "epochs_done": len(trial.intermediate_values) if trial else 0})
         workers.start()
-    return kills
+    return kills, restarts
 
 
 def soak(storage: str, work: Path, root: Path, opts: Options) -> dict:
@@ -166,14 +196,16 @@ def soak(storage: str, work: Path, root: Path, opts: Options) -> dict:
     try:
         for _ in range(opts.workers):
             workers.start()
-        kills = chaos(workers, study, opts, started + opts.timeout)
+        kills, restarts = chaos(workers, study, opts, started + opts.timeout)
         hung = workers.wait(started + opts.timeout)
     finally:
         for p in workers.alive():
             workers.kill(p)
     figures = check(storage, tracking, opts)
     figures["failures"] += workers.failures(hung)
-    figures.update(kills=kills, hung=hung, wall_s=time.monotonic() - started, space=space,
+    outage_lines = [line for log in workers.logs for line in log.read_text().splitlines()
+                    if " unreachable (" in line or " is back after " in line]
+    figures.update(kills=kills, restarts=restarts, outage_lines=outage_lines, hung=hung, wall_s=time.monotonic() - started, space=space,
                    started=len(workers.procs), opts=opts, logs=workers.logs)
     return figures
 
@@ -240,6 +272,10 @@ def format_table(f: dict) -> str:
                    f"{f['wall_s']:.0f} s",
         "kills": f"{len(f['kills'])} of {o.kills} (every ~{o.interval:g} s), {len(mid)} "
                  f"mid-trial (after {sum(k['epochs_done'] for k in mid)} epochs in all)",
+        "db restarts": f"{len(f['restarts'])} of {o.restart_db}: " + (", ".join(
+            f"{r['restart_s']:.1f} s with {r['running']} trials running" for r in f["restarts"])
+            or "none") + f"; worker lines: {sum(' unreachable (' in x for x in f['outage_lines'])}"
+            f" unreachable, {sum(' is back after ' in x for x in f['outage_lines'])} back",
         "trials": f"{f['trials']}: " + ", ".join(f"{s} {states.get(s, 0)}" for s in (
             "COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING"))
             + f"; grid points COMPLETE exactly once: {f['done']}/{f['points']}",
@@ -261,16 +297,22 @@ def database(server: str, keep: bool) -> Iterator[str]:
     """A throw-away PostgreSQL database on `server`, dropped after unless `keep`: its URL."""
     import psycopg2  # the [postgres] extra
     url, name = make_url(server), f"celebhpo_soak_{uuid.uuid4().hex[:12]}"
-    conn = psycopg2.connect(url.set(drivername="postgresql", database="postgres")
-                            .render_as_string(hide_password=False), connect_timeout=5)
-    conn.autocommit = True
+
+    def admin(sql: str) -> None:  # a connection each time: --restart-db cuts held ones
+        conn = psycopg2.connect(url.set(drivername="postgresql", database="postgres")
+                                .render_as_string(hide_password=False), connect_timeout=5)
+        conn.autocommit = True
+        try:
+            conn.cursor().execute(sql)
+        finally:
+            conn.close()
+
+    admin(f'CREATE DATABASE "{name}"')
     try:
-        conn.cursor().execute(f'CREATE DATABASE "{name}"')
         yield url.set(database=name).render_as_string(hide_password=False)
     finally:
         if not keep:
-            conn.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
+            admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,9 @@ from celebhpo.cli_options import (
     CONTEXT,
     backend_option,
     device_option,
+    no_progress_option,
     no_tracking_option,
+    retry_given_up_option,
     storage_option,
     study_option,
     threshold_option,
@@ -213,14 +215,21 @@ def study_show(name: str | None, fmt: str, pareto: bool, storage: StorageSpec) -
               "given) on this shared study; needs a journal or PostgreSQL storage.")
 @tracking_option
 @no_tracking_option
+@no_progress_option
+@retry_given_up_option
+@click.option("--storage-retry", type=float, default=60.0, show_default=True, metavar="SECONDS",
+              help="How long a lost database (a restart, a dropped connection) is retried "
+              "before the worker stops; keep it below [study] grace_period.")
 def optimize_cmd(study_name: str | None, n_trials: int | None, timeout: float | None,
                  storage: StorageSpec, device: str | None, devices: str | None,
-                 tracking_uri: str | None, no_tracking: bool) -> None:
+                 tracking_uri: str | None, no_tracking: bool, progress: bool | None,
+                 retry_given_up: bool, storage_retry: float) -> None:
     """Run trials of a study until --trials, the end of the grid, or --timeout.
 
     Each trial trains one configuration, reports val_loss per epoch (weak trials are
     pruned) and logs to MLflow. Run it again to resume; run it on several machines
-    against one PostgreSQL storage to share a study.
+    against one PostgreSQL storage to share a study. Exits 1 when a point was given up
+    after its retry limit (named in the last lines; --retry-given-up runs it once more).
 
     Example: celebhpo optimize --study seed-grid --trials 8
     """
@@ -229,9 +238,12 @@ def optimize_cmd(study_name: str | None, n_trials: int | None, timeout: float | 
     stop = StopRequest()
     # from the first line: the imports below take seconds, and a Ctrl-C there is a request too
     with stop_on_signals(stop):
-        from celebhpo.hpo import launch_workers, optimize
-        from celebhpo.report import format_optimize_summary, format_trial_line
+        from celebhpo.hpo import launch_workers, load_study, optimize
+        from celebhpo.hpo.retry import requeue_given_up
+        from celebhpo.report import format_optimize_summary, format_requeued, format_trial_line
 
+        if retry_given_up:  # here, once: not once per --devices worker
+            click.echo(format_requeued(requeue_given_up(load_study(study_name, storage)[0])))
         if devices:  # the storage goes to the workers by environment, as the tracking URI does
             stop.check()
             args = ["optimize"]
@@ -240,15 +252,22 @@ def optimize_cmd(study_name: str | None, n_trials: int | None, timeout: float | 
             args += ["--timeout", str(timeout)] if timeout is not None else []
             args += ["--device", device or "cuda"]  # a missing GPU is an error, not the CPU
             args += ["--no-tracking"] if no_tracking else []
+            args += ["--storage-retry", str(storage_retry)]
             if tracking_uri:  # to the workers by environment: `ps` shows argv, not the password
                 os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
             sys.exit(launch_workers(devices.split(","), args, storage))
+        # bars (on stderr) only for a person watching: not into a log or a pipe
+        bars = progress if progress is not None else (
+            sys.stdout.isatty() and sys.stderr.isatty())
         # Ctrl-C/SIGTERM: Interrupted once the worker has said what it did; Group exits 130/143
         summary = optimize(study_name=study_name, storage=storage, n_trials=n_trials,
                            timeout=timeout, device=device, tracking_uri=tracking_uri,
-                           tracking=not no_tracking, progress=True, stop=stop,
+                           tracking=not no_tracking, stop=stop, progress=bars,
+                           storage_retry=storage_retry,
                            on_trial=lambda t: print(format_trial_line(t)))
     click.echo(format_optimize_summary(summary))
+    if summary.given_up:
+        sys.exit(1)
 
 
 # -- the best model ----------------------------------------------------------------------

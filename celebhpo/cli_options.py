@@ -12,8 +12,9 @@ import click
 from celebhpo.errors import CelebhpoError, mask_url
 from celebhpo.stopping import Interrupted
 
-__all__ = ["CONTEXT", "Group", "backend_option", "device_option", "no_tracking_option",
-           "storage_option", "study_option", "threshold_option", "tracking_option"]
+__all__ = ["CONTEXT", "Group", "backend_option", "device_option", "no_progress_option",
+           "no_tracking_option", "retry_given_up_option", "storage_option", "study_option",
+           "threshold_option", "tracking_option"]
 
 
 class Group(click.Group):
@@ -68,6 +69,18 @@ def no_tracking_option(f):
     return click.option("--no-tracking", is_flag=True, help="Run without MLflow, as [study] "
                         "tracking = \"off\" does: no experiment, runs, checkpoints or resume "
                         "states (export-best then has nothing to export).")(f)
+
+
+def no_progress_option(f):
+    return click.option("--progress/--no-progress", "progress", default=None,
+                        help="Progress bars on or off; by default on only when the output is "
+                        "a terminal (not a log, not a pipe).")(f)
+
+
+def retry_given_up_option(f):
+    return click.option("--retry-given-up", is_flag=True, help="First queue once more each "
+                        "point given up after its retry limit (trials whose workers kept "
+                        "dying; study show marks them), then run as usual.")(f)
 
 
 def device_option(f):

@@ -6,6 +6,7 @@ Each message names the file, key, line or id at fault and says what to do.
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 import re
 from collections.abc import Iterable
@@ -110,3 +111,39 @@ def without_credentials(url: str) -> str:
     # a removed key leaves its separator behind: "?&a=1" -> "?a=1", "?" at the end -> ""
     masked = re.sub(r"([?&;])[&;]+", r"\1", masked)
     return re.sub(r"[?&;]+(?=$|#)", "", masked)
+
+
+# -- a disk that is full or refuses writes ---------------------------------------------------
+# What waiting will not cure: the user frees space, fixes permissions or picks another folder
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def os_cause(exc: BaseException | None) -> OSError | None:
+    """The OSError behind `exc` that says a disk is full or refuses access (DISK_ERRNOS):
+    `exc` itself or the first one down its chain (`__cause__`, else `__context__`, which a
+    `raise ... from None` hides but keeps); None when there is none."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def disk_message(err: OSError, path: str | os.PathLike[str] | None = None, *,
+                 option: str | None = None) -> str:
+    """One line for `err` (see `os_cause`) that names `path`, the file or folder being
+    written (by default the one `err` names: the destination of a copy or a rename), says why
+    and what to do. `option` is the flag that chose the folder (e.g. "--out")."""
+    if path is None:
+        path = err.filename2 if err.filename2 is not None else err.filename
+    where = os.fsdecode(path) if path is not None else "a file it does not name"
+    reason = err.strerror or os.strerror(err.errno or 0)
+    elsewhere = f"pass {option} another folder" if option else "choose another folder"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        quota = " (or have your quota raised)" if err.errno == errno.EDQUOT else ""
+        return f"cannot write to {where}: {reason}; free space on its disk{quota} or {elsewhere}"
+    if err.errno == errno.EROFS:
+        return f"cannot write to {where}: {reason}; {elsewhere}"
+    return f"{where}: {reason}; fix its permissions or {elsewhere}"

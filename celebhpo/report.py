@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from celebhpo.config import StudyConfig
     from celebhpo.export import ExportResult
     from celebhpo.hpo import FinishedTrial, OptimizeSummary
+    from celebhpo.hpo.retry import GivenUp
     from celebhpo.inference import Evaluation, PredictionResult, RetrievalResult
     from celebhpo.training.loop import FitResult
 
@@ -115,7 +116,8 @@ def format_trial_line(t: FinishedTrial) -> str:
 
 def format_optimize_summary(s: OptimizeSummary) -> str:
     """`optimize`'s last lines: the study's trials by state, why this worker stopped, the
-    best trial (or the Pareto front of a study of several metrics)."""
+    best trial (or the Pareto front of a study of several metrics), then one line per point
+    given up after its retry limit."""
     states = ", ".join(f"{n} {state}" for state, n in s.counts.items() if n)
     lines = [f"{_worker(s.worker)}study '{s.study_name}': {sum(s.counts.values())} trials "
              f"({states}); this worker ran {len(s.ran)}; stopped: {s.stopped}"]
@@ -125,7 +127,22 @@ def format_optimize_summary(s: OptimizeSummary) -> str:
     if s.front:
         lines.append(f"Pareto front: trial(s) {', '.join(map(str, s.front))} (study show "
                      "--pareto; export one with export-best --trial N)")
+    lines += [f"{_worker(s.worker)}{_point(g)} {'was' if g.grid else 'were'} given up after "
+              f"{g.attempts} attempts (trial {g.trial}; see study show; optimize "
+              "--retry-given-up runs it once more)" for g in s.given_up]
     return "\n".join(lines)
+
+
+def _point(g: GivenUp) -> str:
+    """`grid point {lr=0.001, dropout=0.1}`, or `trial 7's params {...}` of a sampled trial."""
+    params = "{" + ", ".join(f"{k}={v}" for k, v in g.params.items()) + "}"
+    return f"grid point {params}" if g.grid else f"trial {g.trial}'s params {params}"
+
+
+def format_requeued(given_up: Sequence[GivenUp]) -> str:
+    """`optimize --retry-given-up`: one line per given-up point queued once more."""
+    return "\n".join(f"{_point(g)} (given up after {g.attempts} attempts) is queued once more"
+                     for g in given_up) or "no point was given up: nothing to queue again"
 
 
 # -- inference --------------------------------------------------------------------------------

@@ -9,6 +9,9 @@ the request at safe points and raises `Interrupted` there.
   KeyboardInterrupt it is a BaseException, so no `except Exception` on the way up takes it
   for an error; it is no CelebhpoError either: the CLI exits 128 + the signal (130 for
   SIGINT, 143 for SIGTERM) instead of printing an error line.
+- `StopRequest.abort(error)`: another thread of the process (the heartbeat thread, which
+  cannot raise into the main thread) asks it to stop with `error`; `check()` raises that
+  error at the next safe point.
 - `stop_on_signals()` installs the handler for SIGINT and SIGTERM (main thread only). The
   first signal records the request. A second one exits at once (`os._exit(128 + signal)`):
   a running trial is left to the owner/heartbeat recovery (hpo.liveness). A forked child (the
@@ -56,30 +59,40 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.error: BaseException | None = None  # `abort`: another thread's reason to stop
         # wakes `wait`; SimpleQueue.put is reentrant, safe in a signal handler (a
         # threading.Event's set() takes a lock that the interrupted main thread may hold)
         self._wake: queue.SimpleQueue[int] = queue.SimpleQueue()
 
     @property
     def requested(self) -> bool:
-        return self.signum is not None
+        return self.signum is not None or self.error is not None
 
     def request(self, signum: int) -> None:
         """Record a request: no lock, no exception, nothing else."""
         self.signum = signum
         self._wake.put(signum)
 
+    def abort(self, error: BaseException) -> None:
+        """Another thread's request: `check` raises `error` (the first one given)."""
+        if self.error is None:
+            self.error = error
+        self._wake.put(0)
+
     def check(self) -> None:
-        """A safe point: raise Interrupted if a stop was requested."""
+        """A safe point: raise Interrupted if a signal asked to stop, or the error another
+        thread aborted with."""
         if self.signum is not None:
             raise Interrupted(self.signum)
+        if self.error is not None:
+            raise self.error
 
     def wait(self, timeout: float) -> bool:
         """Sleep up to `timeout` seconds, ending at once on a request; whether one was made."""
-        if self.signum is None:
+        if not self.requested:
             with suppress(queue.Empty):
                 self._wake.get(timeout=timeout)
-        return self.signum is not None
+        return self.requested
 
 
 @contextmanager
@@ -99,7 +112,7 @@ def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        if stop.requested:
+        if stop.signum is not None:
             _exit_now(signum)
         stop.request(signum)
 

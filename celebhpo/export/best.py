@@ -10,12 +10,14 @@ as it was.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,8 @@ from typing import Any
 import optuna
 import torch
 
-from celebhpo._io import check_writable, output_errors, to_jsonable
-from celebhpo.errors import StudyError
+from celebhpo._io import _concerns, check_writable, output_errors, to_jsonable
+from celebhpo.errors import CelebhpoError, StudyError, disk_message, os_cause
 from celebhpo.export.card import CARD_FILES, model_card, split_metrics
 from celebhpo.export.formats import (
     check_inputs,
@@ -100,7 +102,7 @@ def export_best(
     torch_device = resolve_device(device, key="--device")
 
     # download, evaluate on val and test, build and check, publish: in a folder beside `out`
-    with output_errors(out, "--out", folder=True):
+    with output_errors(out, "--out", folder=True), _disk_errors(out):
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
@@ -122,6 +124,22 @@ def export_best(
             force=force, tags={"study": result.study_name,
                                "trial_number": str(result.trial_number)}))
     return result
+
+
+@contextlib.contextmanager
+def _disk_errors(out: Path) -> Iterator[None]:
+    """A full or unwritable disk met while writing into `out` (or the temporary folder
+    beside it), however it was wrapped on the way (the download, an exporter): one line
+    naming `out`. A write that names no file is taken for one there: everything this block
+    writes goes there. Other errors (an image that cannot be read) pass unchanged."""
+    try:
+        yield
+    except Exception as e:
+        err = os_cause(e)
+        if err is None or not (err.filename is None and err.filename2 is None
+                               or _concerns(err, out, True)):
+            raise
+        raise CelebhpoError(disk_message(err, out, option="--out")) from e
 
 
 def _write_back(tracker: Tracker, result: ExportResult, model: torch.nn.Module,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from celebhpo._io import atomic_path
-from celebhpo.errors import CelebhpoError, CheckpointError, ConfigError
+from celebhpo.errors import CelebhpoError, CheckpointError, ConfigError, os_cause
 
 __all__ = ["ATOL", "RTOL", "check_inputs", "export_onnx", "export_torchscript", "parse_formats",
            "require_onnx"]
@@ -101,6 +101,10 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, check: torch.Tens
         except CheckpointError:
             raise
         except Exception as e:  # torch.onnx/onnx raise many kinds; the user needs one line
+            if os_cause(e) is not None:
+                # a full or unwritable disk is no fault of the format: dropping it is not the
+                # remedy. Raised as it is, so atomic_path names the file and callers their folder
+                raise
             raise CheckpointError(f"ONNX export failed ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else ''}); export without "
                                   "--format onnx") from e

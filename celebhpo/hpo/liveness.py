@@ -1,7 +1,10 @@
 """Who owns a trial: claiming a queued trial, heartbeats, recognising trials of dead workers,
 failing and re-queueing them. The ONLY module of celebhpo that touches Optuna internals
 (`study._storage`, `trial._trial_id`, the cached storage's `_backend`, the RDB models for an
-atomic claim); each use names the public API Optuna lacks.
+atomic claim); each use names the public API Optuna lacks. (outage.py subclasses Optuna's
+heartbeat interface, which Optuna does not export, and asks the cache's `_backend` for the
+PostgreSQL server's start time.) Every call here, the heartbeat thread's too, rides the
+storage's retry policy (outage.py).
 
 Claiming: every trial a worker runs is a WAITING trial (a grid point, a re-queued trial, or an
 empty slot it queued for the sampler) that it moves to RUNNING; exactly one worker wins the
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any
@@ -123,7 +127,11 @@ def _claim(study: optuna.Study, trial_id: int) -> bool:
     owner = worker_identity()
     backend = getattr(study._storage, "_backend", study._storage)
     if isinstance(backend, optuna.storages.RDBStorage):
-        return _claim_rdb(backend, trial_id, owner)
+        # the storage's retry policy (outage.py) covers this transaction like its own calls
+        policy = getattr(study._storage, "policy", None)
+        if policy is None:
+            return _claim_rdb(backend, trial_id, owner)
+        return policy.call(_claim_rdb, backend, trial_id, owner)
     try:
         if not study._storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
             return False
@@ -167,32 +175,40 @@ def trial_taken_over(study: optuna.Study, trial: optuna.Trial) -> bool:
 
 
 def _heartbeat_storage(study: optuna.Study) -> Any:
-    """The RDBStorage under Optuna's cache wrapper when it has heartbeats, else None."""
+    """The study's storage when it records heartbeats, else None."""
     # Optuna records heartbeats only inside Study.optimize (storages/_heartbeat.py is
-    # private) and gives no public access to a study's storage or to the one it caches
-    storage = getattr(study._storage, "_backend", study._storage)
-    return storage if getattr(storage, "heartbeat_interval", None) else None
+    # private) and gives no public access to a study's storage
+    storage = study._storage
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return storage if interval is not None and interval() else None
 
 
 def heartbeat_interval(study: optuna.Study) -> int | None:
     """Seconds between heartbeats of the study's storage; None without heartbeats."""
     storage = _heartbeat_storage(study)
-    return None if storage is None else storage.heartbeat_interval
+    return None if storage is None else storage.get_heartbeat_interval()
 
 
 class _HeartbeatThread:
-    """Records the trial's heartbeat every `interval` seconds while the `with` block runs."""
+    """Records the trial's heartbeat every `interval` seconds while the `with` block runs.
+    An error that outlasts the storage's retries (outage.py), or any other, ends the thread
+    quietly and goes to `on_error` (StopRequest.abort: the main thread's)."""
 
-    def __init__(self, storage: Any, trial_id: int, interval: float) -> None:
+    def __init__(self, storage: Any, trial_id: int, interval: float,
+                 on_error: Callable[[BaseException], None]) -> None:
         self._storage, self._trial_id, self._interval = storage, trial_id, interval
+        self._on_error = on_error
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{trial_id}",
                                         daemon=True)
 
     def _beat(self) -> None:
-        while True:
-            self._storage.record_heartbeat(self._trial_id)
-            if self._stop.wait(self._interval):
+        while not self._stop.wait(self._interval):
+            try:
+                self._storage.record_heartbeat(self._trial_id)
+            except Exception as e:  # noqa: BLE001 - whatever it is, the main thread decides
+                if not self._stop.is_set():
+                    self._on_error(e)
                 return
 
     def __enter__(self) -> None:
@@ -204,15 +220,18 @@ class _HeartbeatThread:
         self._thread.join()
 
 
-def heartbeat(study: optuna.Study, trial: optuna.Trial) -> AbstractContextManager[None]:
+def heartbeat(study: optuna.Study, trial: optuna.Trial,
+              on_error: Callable[[BaseException], None] = lambda _: None
+              ) -> AbstractContextManager[None]:
     """`with heartbeat(study, trial):` keeps the trial alive on server RDB storages with
     heartbeats; a do-nothing context for the others (chosen once, like Optuna's
-    `get_heartbeat_thread`)."""
+    `get_heartbeat_thread`). `on_error` gets what ended the heartbeat thread early."""
     storage = _heartbeat_storage(study)
     if storage is None:
         return nullcontext()
     # a Trial shows its number, not the id its storage knows it by
-    return _HeartbeatThread(storage, trial._trial_id, storage.heartbeat_interval)
+    return _HeartbeatThread(storage, trial._trial_id, storage.get_heartbeat_interval(),
+                            on_error)
 
 
 # -- failing and re-queueing -------------------------------------------------------------------
@@ -241,8 +260,9 @@ def recover_lost_trials(study: optuna.Study, *, heartbeat: bool, grace_period: f
                         ) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
     """Fail and re-queue RUNNING trials whose worker is gone: by heartbeat on a server RDB
     (`heartbeat`), else by a dead local pid; everywhere, a trial left without an owner record
-    for `grace_period` seconds. Returns (the study's trials afterwards, the trials that lost
-    their worker)."""
+    for `grace_period` seconds; but by heartbeat not within a grace period of an outage (outage.py:
+    ResilientStorage.settling; no heartbeat could be recorded during it).
+    Returns (the study's trials afterwards, the trials that lost their worker)."""
     trials = study.get_trials(deepcopy=False)
     orphans = requeue_orphans(study, trials)
     if orphans:
@@ -250,7 +270,8 @@ def recover_lost_trials(study: optuna.Study, *, heartbeat: bool, grace_period: f
     running = [t for t in trials if t.state == TrialState.RUNNING]
     if not running:
         return trials, orphans
-    if heartbeat:
+    settling = getattr(study._storage, "settling", None)  # outage.py: just after an outage
+    if heartbeat and not (settling and settling(grace_period)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)

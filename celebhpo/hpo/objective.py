@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,14 +106,16 @@ class TrialReporter(Callback):
 
 def train(tcfg: StudyConfig, run: TrialRun | NullTrialRun, reporter: TrialReporter,
           data_cache: dict[str, DataBundle], *, progress: bool, keep_all: bool,
-          stop: StopRequest | None = None) -> tuple[float | list[float], dict[str, Any]]:
+          stop: StopRequest | None = None, echo: Callable[[str], None] | None = None
+          ) -> tuple[float | list[float], dict[str, Any]]:
     """Train the trial's config `tcfg` and log the result to its `run`; the checkpoint goes
     along when `keep_all`, when the trial is the best so far and meets the constraints, or
     in a study of several metrics (any trial may be on the front). Data is decoded once per
     worker (`data_cache`). A retried trial resumes from its earlier attempts' latest resume
     state (module docstring). The finished model's size and latency are measured
     (`_measure`), and the constraints checked. A `stop` request is answered between batches,
-    epochs and cache chunks (Interrupted). Returns (the trial's value, or its values in a
+    epochs and cache chunks (Interrupted). `echo` gets the resume states' lines (the worker's
+    label added). Returns (the trial's value, or its values in a
     study of several metrics; user attrs to store)."""
     stop = stop or StopRequest()
     trial = reporter.trial
@@ -124,7 +127,8 @@ def train(tcfg: StudyConfig, run: TrialRun | NullTrialRun, reporter: TrialReport
             if data.skipped:  # name them where the trial's figures are
                 _log_skipped(run, data.skipped, Path(tmp) / "skipped_images.csv")
             states = ResumeStates(run, trial, Path(tmp), keep=tcfg.study.resume
-                                  and tcfg.study.tracking == "on")  # kept in MLflow
+                                  and tcfg.study.tracking == "on",  # kept in MLflow
+                                  echo=echo)
             result = _fit(tcfg, data, [StopCheck(stop), bar], reporter, Path(tmp) / "model.pt",
                           states)
             figures = {**result.best_metrics, **_measure(tcfg, len(data.attributes),

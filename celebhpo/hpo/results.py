@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from celebhpo.errors import StudyError, mask_url
 from celebhpo.hpo.record import StudyRecord
-from celebhpo.hpo.retry import DUPLICATE_OF, FAIL_REASON, rerun_of
+from celebhpo.hpo.retry import DUPLICATE_OF, FAIL_REASON, GivenUp, given_up, rerun_of
 from celebhpo.objectives import best_of, better
 
 __all__ = ["STATE_ORDER", "best_trial", "direction", "feasible", "leaderboard", "metric_name",
@@ -128,12 +128,14 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     (one column per metric in a study of several, plus `pareto`: * on the front), the best
     epoch (by the study's metric) and its val_loss, val_mean_acc, val_map (less the metrics
     that are values), the worst-group accuracy, latency and size when measured, `feasible`
-    when the study has constraints, epochs run, duration_s, note."""
+    when the study has constraints, epochs run, duration_s, note (a failure's reason, its
+    re-run, or "given up after N attempts: ..." on a point's last attempt, retry.given_up)."""
     trials = study.get_trials(deepcopy=False)
     metrics = metric_names(study)
     multi = len(metrics) > 1
     retried = {rerun_of(t): t.number for t in trials  # a re-run queued twice ran as the first
                if rerun_of(t) is not None and DUPLICATE_OF not in t.user_attrs}
+    gone = {t.number: GivenUp.of(t) for t in given_up(trials)}
     param_names = list(dict.fromkeys(k for t in trials for k in t.params))
     figures = [k for k in ("val_loss", "val_mean_acc", "val_map", "val_worst_group_acc",
                            "latency_ms", "params_m")
@@ -155,7 +157,7 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
             **{k: a.get(k) for k in figures},
             "epochs": a.get("epochs_run"),
             "duration_s": a.get("duration_s"),
-            "note": _note(t, retried),
+            "note": _note(t, retried, gone.get(t.number)),
         })
     rows = _sorted_rows(study, rows, metrics[0])
     columns = ["trial", "state", *param_names, *metrics, *(["pareto"] if multi else []),
@@ -195,7 +197,9 @@ def _feasible_text(t: FrozenTrial) -> str:
         k for k, v in t.constraints.items() if v > 0)
 
 
-def _note(t: FrozenTrial, retried: dict[int, int]) -> str:
+def _note(t: FrozenTrial, retried: dict[int, int], gone: GivenUp | None = None) -> str:
+    if gone is not None:  # its point will not run again unless asked (--retry-given-up)
+        return f"given up after {gone.attempts} attempts: {gone.reason}"
     note = t.user_attrs.get(FAIL_REASON, "") if t.state == TrialState.FAIL else ""
     if t.state == TrialState.PRUNED and t.user_attrs.get("pruned_at") is not None:
         note = f"pruned at epoch {t.user_attrs['pruned_at']}"

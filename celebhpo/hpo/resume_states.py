@@ -4,14 +4,16 @@ uploaded after each epoch, and its earlier attempts', found, loaded and at the e
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
 
+from celebhpo._io import describe_os_error
 from celebhpo.config import StudyConfig
 from celebhpo.data import DataBundle
-from celebhpo.errors import CheckpointError, TrackingError
+from celebhpo.errors import CheckpointError, TrackingError, disk_message, os_cause
 from celebhpo.hpo.retry import retry_history
 from celebhpo.tracking import RUN_ID_ATTR, NullTrialRun, TrialRun
 from celebhpo.training.checkpoint import load_resume_state, save_resume_state
@@ -29,11 +31,14 @@ RESUME_TAG = "resume_epoch"  # tag of a trial's run: the epoch its resume/state.
 class ResumeStates:
     """The trial's resume states: its own run's, uploaded after each epoch (fit's
     `on_state`), and its earlier attempts' (a retry's), found and at the end deleted. A
-    retry's run is tagged `retry_of` whether or not it `keep`s states ([study] resume)."""
+    retry's run is tagged `retry_of` whether or not it `keep`s states ([study] resume).
+    Its lines for people go to `echo` (the worker's, which adds its `[gpuK]` label), or
+    without one to this module's log."""
 
     def __init__(self, run: TrialRun | NullTrialRun, trial: optuna.Trial, folder: Path, *,
-                 keep: bool) -> None:
+                 keep: bool, echo: Callable[[str], None] | None = None) -> None:
         self.run, self.trial, self.folder, self.keep = run, trial, folder, keep
+        self.echo = echo
         self.uploaded = False
         self.warned = False
         self.earlier = self._earlier_runs()  # (run id, its resume epoch or 0), newest first
@@ -42,7 +47,8 @@ class ResumeStates:
 
     def __call__(self, state: dict[str, Any]) -> None:
         """Upload the state of the epoch just finished. A failure costs only a longer retry,
-        never the trial: one warning."""
+        never the trial: one warning per trial, though each later epoch tries again (space
+        freed meanwhile is used)."""
         path = self.folder / RESUME_FILE
         try:
             save_resume_state(path, state, durable=False)
@@ -51,8 +57,9 @@ class ResumeStates:
             self.run.log(tags={RESUME_TAG: state["epoch"]})
         except (TrackingError, CheckpointError, OSError) as e:
             if not self.warned:
-                log.warning("trial %d: resume state of epoch %d not saved (a retry would "
-                            "start earlier): %s", self.trial.number, state["epoch"], e)
+                self._say(f"warning: trial {self.trial.number}: resume state of epoch "
+                          f"{state['epoch']} not saved (a retry would start earlier; later "
+                          f"epochs try again without a word): {_one_line(e)}")
             self.warned = True
 
     def find(self, tcfg: StudyConfig, data: DataBundle) -> dict[str, Any] | None:
@@ -66,11 +73,11 @@ class ResumeStates:
                 state = load_resume_state(path)
                 check_state(state, tcfg.to_dict(), data_shape(data))
             except (TrackingError, CheckpointError, OSError) as e:
-                log.warning("trial %d: resume state of MLflow run %s skipped: %s",
-                            self.trial.number, run_id, e)
+                self._say(f"warning: trial {self.trial.number}: resume state of MLflow run "
+                          f"{run_id} skipped: {_one_line(e)}")
                 continue
-            log.warning("trial %d resumed from epoch %d of MLflow run %s", self.trial.number,
-                        state["epoch"], run_id)
+            self._say(f"trial {self.trial.number} resumed from epoch {state['epoch']} of "
+                      f"MLflow run {run_id}")
             self.run.log(tags={"resumed_from_run": run_id,
                                "resumed_from_epoch": state["epoch"]})
             return state
@@ -87,8 +94,14 @@ class ResumeStates:
                 run.delete_files(RESUME_DIR)
                 run.delete_tags(RESUME_TAG)
             except Exception as e:  # noqa: BLE001 - a leftover state never fails a trial
-                log.warning("trial %d: resume state of MLflow run %s not deleted: %s",
-                            self.trial.number, run_id, e)
+                self._say(f"warning: trial {self.trial.number}: resume state of MLflow run "
+                          f"{run_id} not deleted: {_one_line(e)}")
+
+    def _say(self, line: str) -> None:
+        if self.echo is not None:
+            self.echo(line)
+        else:
+            log.warning("%s", line.removeprefix("warning: "))
 
     def forget(self) -> None:
         """Untag the run's resume: `find`'s state did not load after all."""
@@ -104,3 +117,11 @@ class ResumeStates:
             if run_id:
                 out.append((run_id, int(self.run.other(run_id).tags().get(RESUME_TAG, 0))))
         return out
+
+
+def _one_line(e: BaseException) -> str:
+    """An error as one line; an OSError with the file it names, and for a full or unwritable
+    disk what to do (errors.disk_message)."""
+    if not isinstance(e, OSError):
+        return " ".join(str(e).split())
+    return disk_message(e) if os_cause(e) is e else describe_os_error(e)

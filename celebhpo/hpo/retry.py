@@ -1,18 +1,30 @@
 """Re-running a trial whose worker is gone: the WAITING copy that re-runs it, the marks that
 let any worker finish a re-queue a dead worker started, and the rule that keeps one re-run
-when two were queued (liveness.py says when a trial has lost its worker).
+when two were queued (liveness.py says when a trial has lost its worker), and the points
+given up after their retry limit.
+
+A point is given up when a FAIL attempt meant to be re-run (RETRY_WANTED, or failed by its
+stale heartbeat: no fail_reason) has used up MAX_RETRY re-runs and has none: `given_up`
+derives them from the trials (no mark is stored), so the worker's summary, `study show` and
+the parent run's tag agree, and a point re-queued on purpose (`optimize --retry-given-up`:
+`requeue` without a limit) stops being given up at once.
 
 Public Optuna API only.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["DUPLICATE_OF", "FAIL_REASON", "MAX_RETRY", "RETRY_HISTORY", "RETRY_WANTED",
-           "RequeueStale", "first_rerun", "requeue", "requeue_orphans", "rerun_of",
-           "retry_history"]
+from celebhpo.hpo.record import StudyRecord
+
+__all__ = ["DUPLICATE_OF", "FAIL_REASON", "HEARTBEAT_STOPPED", "MAX_RETRY", "RETRY_HISTORY",
+           "RETRY_WANTED", "GivenUp", "RequeueStale", "first_rerun", "given_up", "requeue",
+           "requeue_given_up", "requeue_orphans", "rerun_of", "retry_history", "wants_rerun"]
 
 MAX_RETRY = 2  # a trial whose worker dies is re-run at most this many times
 RETRY_WANTED = "retry_wanted"  # user attr: this FAIL is to be re-run (set before the FAIL)
@@ -22,6 +34,8 @@ FAIL_REASON = "fail_reason"
 # system attr of a re-run (Optuna's RetryFailedTrialCallback's name, which its helpers read):
 # the numbers of the attempts it re-runs, oldest first
 RETRY_HISTORY = "retry_history"
+# why a given-up attempt failed when it has no fail_reason
+HEARTBEAT_STOPPED = "its worker's heartbeat stopped"
 
 
 def retry_history(trial: FrozenTrial) -> list[int]:
@@ -69,18 +83,55 @@ class RequeueStale:
         requeue(study, trial, self.max_retry)
 
 
+def wants_rerun(trial: FrozenTrial) -> bool:
+    """Whether `trial` is a FAIL meant to be re-run: RETRY_WANTED, or failed by its stale
+    heartbeat (no fail_reason)."""
+    return trial.state == TrialState.FAIL and bool(
+        trial.user_attrs.get(RETRY_WANTED) or FAIL_REASON not in trial.user_attrs)
+
+
 def requeue_orphans(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """Queue the re-run of every FAIL trial meant to be re-run (RETRY_WANTED, or failed by
-    its heartbeat: no fail_reason) that has none: its worker died between the two writes.
-    Returns those trials."""
+    """Queue the re-run of every FAIL trial meant to be re-run (`wants_rerun`) that has
+    none: its worker died between the two writes. Returns those trials."""
     rerun = {rerun_of(t) for t in trials} - {None}
-    out = []
-    for t in trials:
-        wanted = t.user_attrs.get(RETRY_WANTED) or FAIL_REASON not in t.user_attrs
-        if (t.state == TrialState.FAIL and wanted and t.number not in rerun
-                and requeue(study, t, MAX_RETRY) is not None):
-            out.append(t)
-    return out
+    return [t for t in trials if wants_rerun(t) and t.number not in rerun
+            and requeue(study, t, MAX_RETRY) is not None]
+
+
+def given_up(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The last attempts of the points given up: FAIL trials meant to be re-run
+    (`wants_rerun`) whose MAX_RETRY re-runs are used up (`requeue` would queue none) and
+    that have no re-run, by trial number."""
+    rerun = {rerun_of(t) for t in trials} - {None}
+    return [t for t in trials if wants_rerun(t) and t.number not in rerun
+            and len(retry_history(t)) >= MAX_RETRY]
+
+
+@dataclass(frozen=True)
+class GivenUp:
+    """A point given up after its retry limit, as data (report.py words it)."""
+
+    trial: int  # its last attempt, the one `study show` marks
+    params: dict[str, Any]
+    attempts: int  # the first try and its re-runs
+    reason: str  # why the last attempt failed (HEARTBEAT_STOPPED without a fail_reason)
+    grid: bool = False  # a grid point (else a sampled trial's params)
+
+    @classmethod
+    def of(cls, trial: FrozenTrial, grid: bool = False) -> GivenUp:
+        return cls(trial.number, dict(trial.params), len(retry_history(trial)) + 1,
+                   str(trial.user_attrs.get(FAIL_REASON) or HEARTBEAT_STOPPED), grid)
+
+
+def requeue_given_up(study: optuna.Study) -> list[GivenUp]:
+    """`optimize --retry-given-up`, once before any worker starts: queue each given-up point
+    once more, on purpose (`requeue` without a limit; failing past its limit again, it is
+    given up again). Returns them."""
+    record = StudyRecord.of(study)
+    gone = given_up(study.get_trials(deepcopy=False))
+    for t in gone:
+        requeue(study, t)
+    return [GivenUp.of(t, bool(record and record.grid)) for t in gone]
 
 
 def first_rerun(study: optuna.Study, frozen: FrozenTrial) -> int | None:

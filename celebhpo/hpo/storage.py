@@ -28,6 +28,13 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from celebhpo.errors import StudyError, mask_url
 from celebhpo.hpo.liveness import MAX_RETRY, RequeueStale
+from celebhpo.hpo.outage import (
+    ResilientStorage,
+    RetryPolicy,
+    StorageUnavailable,
+    driver_message,
+    is_transient,
+)
 
 __all__ = ["DEFAULT_STORAGE", "StorageSpec", "as_spec", "open_storage", "optuna_quiet",
            "parse_storage"]
@@ -96,12 +103,17 @@ def open_storage(
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     max_retry: int = MAX_RETRY,
+    policy: RetryPolicy | None = None,
+    wait: bool = False,
 ) -> optuna.storages.BaseStorage:
-    """The Optuna storage `storage` names. With `create=False` a SQLite or journal file that
-    does not exist is an error rather than a new empty storage. Heartbeat settings apply to
-    server RDBs only (the study's `[study] heartbeat_interval/grace_period`; None before it is
-    known)."""
+    """The Optuna storage `storage` names, every call of it retried through `policy` (a
+    lost database: outage.py; 60 s by default). With `create=False` a SQLite or journal file
+    that does not exist is an error rather than a new empty storage. Heartbeat settings apply
+    to server RDBs only (the study's `[study] heartbeat_interval/grace_period`; None before
+    it is known). `wait` (a worker): a server that is down now is waited for like a lost one;
+    else it is a one-line error at once (a command someone is watching)."""
     spec = as_spec(storage)
+    policy = policy or RetryPolicy(what=f"storage {spec.masked}")
     local = _local_file(spec)
     if local is not None and not create and not local.exists():
         raise StudyError(
@@ -112,35 +124,71 @@ def open_storage(
         path = Path(spec.target)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(path)))
+            return ResilientStorage(JournalStorage(JournalFileBackend(str(path))), policy)
         except OSError as e:
             raise StudyError(f"cannot open journal storage {path}: {e.strerror or e}") from None
 
-    kwargs: dict[str, Any] = {}
     if local is not None:
         # SQLite creates the file but not the folder that holds it
         local.parent.mkdir(parents=True, exist_ok=True)
-    elif spec.kind == "rdb" and heartbeat_interval is not None:
-        kwargs = {
-            "heartbeat_interval": heartbeat_interval,
-            "grace_period": grace_period,
-            "heartbeat_stale_trial_callback": RequeueStale(max_retry),
-        }
+    kwargs = _rdb_kwargs(spec, heartbeat_interval, grace_period, max_retry)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
-            return optuna.storages.RDBStorage(spec.target, **kwargs)
+            rdb = (policy.call if wait else _now)(optuna.storages.RDBStorage, spec.target,
+                                                  **kwargs)
         except ImportError:
             raise StudyError(
                 f"storage {spec.masked}: its database driver is not installed; for PostgreSQL "
                 "run: pip install 'celebhpo[postgres]'"
             ) from None
+        except StorageUnavailable as e:  # `wait`: no answer within the retry bound
+            raise StudyError(f"cannot open storage {spec.masked}: no answer for "
+                             f"{policy.limit_s:g} s ({e.detail}); check the URL and that the "
+                             "database server is running") from None
         except Exception as e:  # noqa: BLE001 - sqlalchemy/driver errors share no base we import
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise StudyError(
-                f"cannot open storage {spec.masked}: {mask_url(first)}; check the URL and that "
-                "the database server is running"
-            ) from None
+            first = driver_message(e).split(". Please execute")[0]  # Optuna's remedy: ours
+            raise StudyError(f"cannot open storage {spec.masked}: {first}; "
+                             f"{_remedy(e, spec)}") from None
+    # Optuna's own wrapping (a cache of finished trials), then the retries around it
+    return ResilientStorage(optuna.storages.get_storage(rdb), policy)
+
+
+def _rdb_kwargs(spec: StorageSpec, heartbeat_interval: int | None, grace_period: int | None,
+                max_retry: int) -> dict[str, Any]:
+    """RDBStorage's arguments for a server database: heartbeats once known, and a pooled
+    connection checked before use (after a server restart the dead ones are replaced
+    quietly instead of failing the next call)."""
+    if spec.kind != "rdb":
+        return {}
+    kwargs: dict[str, Any] = {"engine_kwargs": {"pool_pre_ping": True}}
+    if spec.target.startswith("postgresql"):
+        kwargs["engine_kwargs"]["connect_args"] = {"connect_timeout": 10}
+    if heartbeat_interval is not None:
+        kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                      heartbeat_stale_trial_callback=RequeueStale(max_retry))
+    return kwargs
+
+
+def _remedy(error: Exception, spec: StorageSpec) -> str:
+    """What to do about a storage that would not open: a server that did not answer, one
+    that refused us (user, password, database name), or tables Optuna cannot read."""
+    import sqlalchemy.exc
+
+    if is_transient(error):
+        return "check the URL and that the database server is running"
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, sqlalchemy.exc.DBAPIError):
+        cause = cause.__cause__
+    if isinstance(cause, sqlalchemy.exc.OperationalError) and "no such" not in str(cause):
+        return "check the user, password and database name in the URL"
+    return (f"its tables were not written by this Optuna ({optuna.__version__}): if another "
+            f"Optuna made them, run `optuna storage upgrade --storage {spec.masked}`; else "
+            "point --storage at a celebhpo study database")
+
+
+def _now(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
 
 
 @contextmanager

@@ -24,6 +24,7 @@ import pandas as pd
 from celebhpo.config import StudyConfig
 from celebhpo.data import check_split_sizes
 from celebhpo.errors import ConfigError, StudyError, without_credentials
+from celebhpo.hpo.outage import RetryPolicy
 from celebhpo.hpo.record import StudyRecord
 from celebhpo.hpo.results import STATE_ORDER, best_trial, state_counts
 from celebhpo.hpo.space import grid_trials, make_pruner, make_sampler
@@ -228,13 +229,15 @@ def _pick_name(names: list[str], name: str | None, spec: StorageSpec) -> str:
                      f"({', '.join(sorted(names))}); pick one with --study NAME")
 
 
-def open_study(name: str | None, storage: StorageSpec | str, *, worker: bool = False
+def open_study(name: str | None, storage: StorageSpec | str, *, worker: bool = False,
+               policy: RetryPolicy | None = None
                ) -> tuple[optuna.Study, StudyConfig, StudyRecord]:
     """(study, config, record) of a celebhpo study; the name may be omitted when the
     storage holds one study. `worker=True` opens server RDBs with the study's heartbeat and
-    salts non-grid samplers with the pid (see make_sampler)."""
+    salts non-grid samplers with the pid (see make_sampler). `policy`: how long a lost
+    database is retried, and whom to tell (outage.py; 60 s by default)."""
     spec = as_spec(storage)
-    backend = open_storage(spec, create=False)
+    backend = open_storage(spec, create=False, policy=policy, wait=worker)
     name = _pick_name(optuna.get_all_study_names(storage=backend), name, spec)
     record = StudyRecord.read(backend.get_study_user_attrs(backend.get_study_id_from_name(name)))
     if record is None:
@@ -247,7 +250,7 @@ def open_study(name: str | None, storage: StorageSpec | str, *, worker: bool = F
                          "with --replace") from None
     if worker and spec.heartbeat:
         backend = open_storage(spec, heartbeat_interval=cfg.study.heartbeat_interval,
-                               grace_period=cfg.study.grace_period)
+                               grace_period=cfg.study.grace_period, policy=policy, wait=True)
     salt = os.getpid() if worker else None  # SQLite takes several workers too
     study = optuna.load_study(study_name=name, storage=backend, pruner=make_pruner(cfg),
                               sampler=make_sampler(cfg, grid=record.grid, salt=salt,

@@ -45,6 +45,7 @@ from celebhpo.hpo.liveness import (
     requeue_finished,
     trial_taken_over,
 )
+from celebhpo.hpo.outage import StorageUnavailable, StudyDeleted
 from celebhpo.hpo.record import StudyRecord
 from celebhpo.hpo.results import leaderboard
 from celebhpo.hpo.retry import FAIL_REASON
@@ -110,6 +111,7 @@ class _Outcome:
     error: BaseException | None = None  # raised again once the trial is told
     requeue: bool = False
     taken_over: bool = False  # another worker failed and re-queued it meanwhile
+    lost: bool = False  # the storage is unreachable past its retries, or the study deleted
     logged: dict[str, Any] = field(default_factory=dict)
     run: TrialRun | NullTrialRun | None = None
 
@@ -152,12 +154,14 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> int | None:
     from celebhpo.hpo.objective import TrialReporter, train
 
     started = time.perf_counter()
-    with heartbeat(ctx.study, trial):  # the claim recorded the first beat; keep it alive
-        params = suggest_params(trial, ctx.cfg.space)
-        tcfg = ctx.cfg.with_params(params)
-        if ctx.device:
-            tcfg.train.device = ctx.device
-        trial.set_user_attr("device", tcfg.train.device)
+    # the claim recorded the first beat; keep it alive. What ends the heartbeat thread (the
+    # database lost past the retries, the study deleted) stops training at its next safe point
+    with heartbeat(ctx.study, trial, on_error=ctx.stop.abort):
+        try:
+            params, tcfg = _configure(ctx, trial)
+        except UpdateFinishedTrialError:  # failed as stale by another worker (an outage)
+            _drop(ctx, trial.number)
+            return None
         study_cfg = ctx.cfg.study
         reporter = TrialReporter(trial, study_cfg.metric, study_cfg.resolved_direction(),
                                  epochs=tcfg.train.epochs, report=not study_cfg.multi_objective())
@@ -165,13 +169,19 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> int | None:
         def objective(run: TrialRun | NullTrialRun) -> tuple[float, dict[str, Any]]:
             return train(tcfg, _OwnedRun(run, ctx, trial), reporter, ctx.data_cache,
                          progress=ctx.progress, keep_all=ctx.cfg.study.checkpoints == "all",
-                         stop=ctx.stop)
+                         stop=ctx.stop, echo=ctx.echo)
 
         out = _attempt(ctx, trial, params, tcfg, objective)
         summary = {**reporter.summary(), **out.logged,
                    "duration_s": round(time.perf_counter() - started, 3)}
-        if not out.taken_over:
-            _tell(ctx.study, trial, out, summary, study_cfg.constraints)
+        if not (out.taken_over or out.lost):
+            try:
+                _tell(ctx.study, trial, out, summary, study_cfg.constraints)
+            except (StorageUnavailable, StudyDeleted) as e:
+                out.reason, out.error, out.lost = str(e), e, True
+    if out.lost:  # nothing can be told: the worker stops (see _abandon)
+        _abandon(ctx, out)
+        raise out.error  # type: ignore[misc]
     if out.taken_over:
         _drop(ctx, trial.number)
         return None
@@ -192,6 +202,16 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> int | None:
     if out.error is not None:
         raise out.error
     return trial.number
+
+
+def _configure(ctx: TrialContext, trial: optuna.Trial) -> tuple[dict[str, Any], StudyConfig]:
+    """The trial's params (suggested, or its grid point's) and the config they make."""
+    params = suggest_params(trial, ctx.cfg.space)
+    tcfg = ctx.cfg.with_params(params)
+    if ctx.device:
+        tcfg.train.device = ctx.device
+    trial.set_user_attr("device", tcfg.train.device)
+    return params, tcfg
 
 
 def _attempt(ctx: TrialContext, trial: optuna.Trial, params: dict[str, Any], tcfg: StudyConfig,
@@ -216,6 +236,8 @@ def _attempt(ctx: TrialContext, trial: optuna.Trial, params: dict[str, Any], tcf
         out.reason, out.error, out.requeue = str(e), e, True
     except Interrupted as e:  # a stop request, at a safe point (celebhpo.stopping)
         out.reason, out.error, out.requeue = str(e), e, True
+    except (StorageUnavailable, StudyDeleted) as e:  # the storage is gone (outage.py)
+        out.reason, out.error, out.lost = str(e), e, True
     except Exception as e:
         out.reason, out.error = f"{type(e).__name__}: {e}", e
     return out
@@ -246,6 +268,14 @@ def _tell(study: optuna.Study, trial: optuna.Trial, out: _Outcome, summary: dict
         out.taken_over = True
 
 
+def _abandon(ctx: TrialContext, out: _Outcome) -> None:
+    """The trial cannot be told. Storage unreachable: its MLflow run ends FAILED now, and
+    the trial, still RUNNING in Optuna, is failed and re-queued by the recovery once the
+    database is back. Study deleted: the worker closes every run of the study KILLED."""
+    if out.run is not None and isinstance(out.error, StorageUnavailable):
+        out.run.end("FAIL", reason=out.reason)  # quiet: a warning if MLflow is down too
+
+
 def _drop(ctx: TrialContext, number: int) -> None:
     """One line for a trial taken over by another worker; its MLflow run is that worker's to
     close, unless this worker opened it after the takeover (then it is closed FAILED here)."""
@@ -259,5 +289,7 @@ def _drop(ctx: TrialContext, number: int) -> None:
 def _refresh_parent(ctx: TrialContext) -> None:
     try:
         ctx.tracker.refresh_parent(ctx.study, leaderboard(ctx.study))
+    except (StorageUnavailable, StudyDeleted):
+        raise  # the worker stops on these
     except Exception as e:  # a summary never fails the study (nor a plotting library's bug)
         ctx.echo(f"warning: parent run summary not refreshed: {type(e).__name__}: {e}")

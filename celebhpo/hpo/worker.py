@@ -1,14 +1,7 @@
 """The worker: `optimize` opens a study and runs its trials (trial.py) until the budget, the
 grid or the timeout says stop.
 
-Budget (`optimize --trials N`, shared by all workers): a worker starts another trial while
-the study holds fewer than N trials that count. COMPLETE, PRUNED, RUNNING (another
-worker's) and FAIL count — except a FAIL that was re-queued because its worker stopped
-(Ctrl-C, SIGTERM, kill -9, a lost heartbeat): its re-run is what counts, so a killed trial
-neither eats the budget nor is lost. A trial that fails on its own (NaN loss) counts.
-Workers of a non-grid study decide independently, so several deciding at the same instant
-may overshoot N by at most one trial each; grid studies are exact (queued points are claimed
-atomically).
+What to do next (run, wait, or stop: the `--trials` budget and the grid): budget.py.
 
 Every trial is claimed atomically together with its owner record (liveness.py): a grid
 point or re-queued trial from the queue, else a fresh slot for the sampler.
@@ -19,7 +12,9 @@ without an owner record yet), so a trial whose worker dies is still re-run; `--t
 bounds the wait.
 
 Trials left RUNNING by a dead worker are failed, re-queued and their MLflow runs closed
-FAILED by the next worker to look: see liveness.py for the rule. A worker whose trial was
+FAILED by the next worker to look: see liveness.py for the rule. A point whose re-runs are
+used up is given up (retry.given_up): the summary names it, `optimize` exits 1, and
+`--retry-given-up` (retry.requeue_given_up) queues it once more. A worker whose trial was
 taken away while it ran (stopped past `grace_period`, then woken) drops it with one line and
 goes on to the next.
 
@@ -39,24 +34,23 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from celebhpo.config import StudyConfig
 from celebhpo.errors import StudyError, TrackingError
+from celebhpo.hpo.budget import next_action
 from celebhpo.hpo.launch import WORKER_ENV
 from celebhpo.hpo.liveness import (
-    DUPLICATE_OF,
     claim_new_trial,
     claim_waiting_trial,
     fail_and_requeue,
     heartbeat_interval,
-    is_local,
-    is_owned,
     own_running_trials,
     recover_lost_trials,
 )
+from celebhpo.hpo.outage import DEFAULT_RETRY_S, RetryPolicy, StorageUnavailable, StudyDeleted
 from celebhpo.hpo.results import best_trial, pareto_front, state_counts
-from celebhpo.hpo.retry import retry_history
+from celebhpo.hpo.retry import GivenUp, given_up
 from celebhpo.hpo.storage import StorageSpec, as_spec, optuna_quiet
 from celebhpo.hpo.studies import StudyRecord, open_study
 from celebhpo.hpo.trial import FinishedTrial, TrialContext, run_trial
@@ -81,6 +75,8 @@ class OptimizeSummary:
     stopped: str = ""  # why it stopped
     front: list[int] = dataclasses.field(default_factory=list)  # several metrics: the front
     worker: str = ""  # the `--devices` worker's label ("gpu1"); "" for a lone worker
+    # points given up after their retry limit (retry.given_up): `optimize` then exits 1
+    given_up: list[GivenUp] = dataclasses.field(default_factory=list)
 
 
 def optimize(
@@ -96,6 +92,7 @@ def optimize(
     echo: Callable[[str], None] = print,
     on_trial: Callable[[FinishedTrial], None] | None = None,
     stop: StopRequest | None = None,
+    storage_retry: float = DEFAULT_RETRY_S,
 ) -> OptimizeSummary:
     """Run trials of a study until it holds `n_trials` trials in all (shared by every worker),
     the grid is exhausted, or `timeout` seconds have passed (no trial starts after that).
@@ -108,7 +105,9 @@ def optimize(
     trial is claimed. `echo` gets notes as they happen (waiting, recovered trials, warnings);
     `on_trial` is told how each trial ended. The summary is returned, not printed. `stop`:
     a request the caller already listens for (the CLI does, from its first line); a
-    request made before the call is answered at the first safe point."""
+    request made before the call is answered at the first safe point. `storage_retry`:
+    seconds a lost database is retried before the worker stops (outage.py): then
+    StorageUnavailable, the trial left to the recovery; a deleted study: StudyDeleted."""
     if n_trials is not None and n_trials < 1:
         raise StudyError(f"--trials {n_trials}: give a number >= 1")
     if timeout is not None and timeout <= 0:
@@ -118,9 +117,11 @@ def optimize(
     stop = stop or StopRequest()  # from here on a signal is a request, answered at safe points
     with stop_on_signals(stop):
         spec = as_spec(storage)  # a URL given from Python: parsed here, once
-        study, cfg, record = open_study(study_name, spec, worker=True)
         label = os.environ.get(WORKER_ENV, "")
         prefix = f"[{label}] " if label else ""
+        policy = RetryPolicy(storage_retry, what=f"storage {spec.masked}",
+                             notify=lambda text: echo(prefix + text), stop=stop)
+        study, cfg, record = open_study(study_name, spec, worker=True, policy=policy)
         tracker = _tracker(cfg, record, tracking_uri, tracking,
                            echo=lambda text: echo(prefix + text))
         ctx = TrialContext(study, cfg, record, tracker, echo=lambda text: echo(prefix + text),
@@ -150,94 +151,98 @@ def _tracker(cfg: StudyConfig, record: StudyRecord, uri: str | None, enabled: bo
 
 
 # -- the loop ----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Progress:
+    ran: list[int] = dataclasses.field(default_factory=list)  # trials this call ran
+    running: int | None = None  # the trial being run, for the last line of a stop
+
+
 def _run(ctx: TrialContext, spec: StorageSpec, n_trials: int | None, timeout: float | None
          ) -> OptimizeSummary:
+    done = _Progress()
+    _close_orphan_runs(ctx)
+    try:
+        stopped = _loop(ctx, spec, n_trials, timeout, done)
+    except Interrupted as e:
+        _fail_own_running(ctx, f"{e} before the trial ended")
+        failed = "" if done.running is None else f"; trial {done.running} is failed and re-queued"
+        ctx.echo(f"interrupted ({signal.Signals(e.signum).name}) after {len(done.ran)} trials"
+                 f"{failed}: run optimize again to resume")
+        raise
+    except StorageUnavailable as e:  # the storage's retries ran out (outage.py)
+        left = "" if done.running is None else (
+            f"; trial {done.running} is left to the recovery (failed and re-queued once a "
+            "worker sees its heartbeat or process gone)")
+        raise StorageUnavailable(
+            f"{e}: this worker stopped after {len(done.ran)} trials{left}; the study is "
+            "resumable: run optimize again once the database is back") from None
+    except StudyDeleted as e:
+        where = "waited" if done.running is None else f"ran trial {done.running}"
+        try:
+            ctx.tracker.kill_study_runs()
+            closed = "its MLflow runs are closed KILLED"
+        except TrackingError as t:
+            closed = f"its MLflow runs could not be closed ({t})"
+        raise StudyDeleted(f"{e} while this worker {where}; {closed}") from None
+    return _summary(ctx, done.ran, stopped)
+
+
+def _loop(ctx: TrialContext, spec: StorageSpec, n_trials: int | None, timeout: float | None,
+          done: _Progress) -> str:
+    """Claim and run trials until there is nothing to start; returns why it stopped."""
     grid = ctx.record.grid
     interval = heartbeat_interval(ctx.study)
     poll = min(float(interval), 5.0) if interval else 1.0
     started = time.monotonic()
-    ran: list[int] = []
     waiting_note = ""
-    running: int | None = None  # the trial being run, for the line of an interrupt
-    _close_orphan_runs(ctx)
-    try:
-        while True:
-            ctx.stop.check()  # between trials (celebhpo.stopping)
-            if timeout is not None and time.monotonic() - started >= timeout:
-                stopped = f"--timeout {timeout:g} s reached"
-                break
-            trials = _recover(ctx, spec)
-            action, why = _next(trials, n_trials, grid=grid, heartbeat=spec.heartbeat)
-            if action == "done":
-                stopped = why
-                break
-            if action == "wait":
-                if why != waiting_note:
-                    ctx.echo(why)
-                    waiting_note = why
-                ctx.stop.wait(poll)  # ends at once on Ctrl-C/SIGTERM
-                continue
-            waiting_note = ""
-            trial = claim_waiting_trial(ctx.study)
-            if trial is None and not grid:
-                trial = claim_new_trial(ctx.study)
-            if trial is None:
-                continue  # another worker took the last queued point (or our slot): look again
-            running = trial.number
-            number = run_trial(ctx, trial)
-            running = None
-            if number is not None:  # None: taken over by another worker, dropped
-                ran.append(number)
-        ctx.stop.check()  # a request the last trial did not reach a safe point for
-    except Interrupted as e:
-        _fail_own_running(ctx, f"{e} before the trial ended")
-        failed = "" if running is None else f"; trial {running} is failed and re-queued"
-        ctx.echo(f"interrupted ({signal.Signals(e.signum).name}) after {len(ran)} trials"
-                 f"{failed}: run optimize again to resume")
-        raise
+    while True:
+        ctx.stop.check()  # between trials (celebhpo.stopping)
+        if timeout is not None and time.monotonic() - started >= timeout:
+            stopped = f"--timeout {timeout:g} s reached"
+            break
+        trials = _recover(ctx, spec)
+        action, why = next_action(trials, n_trials, grid=grid, heartbeat=spec.heartbeat)
+        if action == "done":
+            stopped = why
+            break
+        if action == "wait":
+            if why != waiting_note:
+                ctx.echo(why)
+                waiting_note = why
+            ctx.stop.wait(poll)  # ends at once on Ctrl-C/SIGTERM
+            continue
+        waiting_note = ""
+        trial = claim_waiting_trial(ctx.study)
+        if trial is None and not grid:
+            trial = claim_new_trial(ctx.study)
+        if trial is None:
+            continue  # another worker took the last queued point (or our slot): look again
+        done.running = trial.number
+        number = run_trial(ctx, trial)
+        done.running = None
+        if number is not None:  # None: taken over by another worker, dropped
+            done.ran.append(number)
+    ctx.stop.check()  # a request the last trial did not reach a safe point for
+    return stopped
+
+
+def _summary(ctx: TrialContext, ran: list[int], stopped: str) -> OptimizeSummary:
+    """The parent run's last status, then what `optimize` returns."""
+    gone = [GivenUp.of(t, ctx.record.grid)
+            for t in given_up(ctx.study.get_trials(deepcopy=False))]
     try:  # the parent run: FINISHED when the study is done, FAILED if every trial failed
-        ctx.tracker.set_study_run_status(ctx.study, done=True)
+        ctx.tracker.set_study_run_status(ctx.study, done=True, given_up=[
+            (g.trial, g.params, g.attempts) for g in gone])  # its tag, removed when none
     except TrackingError as e:
         ctx.echo(f"warning: MLflow parent run status not set: {e}")
     best = best_trial(ctx.study)
-    summary = OptimizeSummary(
+    return OptimizeSummary(
         study_name=ctx.study.study_name, counts=state_counts(ctx.study.get_trials(deepcopy=False)),
         ran=ran, best_trial=best.number if best else None,
         best_value=best.value if best else None, best_params=dict(best.params) if best else {},
         metric=ctx.cfg.study.metric, stopped=stopped,
         front=[t.number for t in pareto_front(ctx.study)] if ctx.cfg.study.multi_objective()
-        else [], worker=ctx.worker)
-    return summary
-
-
-def _next(trials: list[FrozenTrial], n_trials: int | None, *, grid: bool, heartbeat: bool
-          ) -> tuple[str, str]:
-    """("run" | "wait" | "done", why)."""
-    running = [t for t in trials if t.state == TrialState.RUNNING]
-    # an owner-less trial is recovered after grace_period wherever its worker ran
-    watchable = [t for t in running
-                 if heartbeat or is_local(t.user_attrs) or not is_owned(t.user_attrs)]
-    waiting_for = (f"waiting for trial(s) {', '.join(str(t.number) for t in watchable)} "
-                   "running on other workers (to take over if a worker dies)")
-    if n_trials is not None:
-        used = _budget_used(trials)
-        if used >= n_trials:
-            return ("wait", waiting_for) if watchable else (
-                "done", f"the study holds {used} trials (--trials {n_trials})")
-    if not grid:
-        return "run", ""
-    if any(t.state == TrialState.WAITING for t in trials):
-        return "run", ""
-    return ("wait", waiting_for) if watchable else ("done", "the grid is exhausted")
-
-
-def _budget_used(trials: list[FrozenTrial]) -> int:
-    """Trials that count against `--trials`: see the module docstring."""
-    rerun = {n for t in trials for n in retry_history(t)}
-    return sum(1 for t in trials
-               if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-               or (t.state == TrialState.FAIL and t.number not in rerun
-                   and DUPLICATE_OF not in t.user_attrs))
+        else [], worker=ctx.worker, given_up=gone)
 
 
 # -- trials of dead workers --------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Only `MlflowClient` with explicit run ids is used: no fluent "active run" can leak from one
 trial into the next. Every call to the store goes through `Tracker.call`, which retries with
-backoff and then raises one `TrackingError` line with the URI's password masked. The study,
+backoff and then raises one `TrackingError` line with the URI's password masked; a full or
+unwritable disk is not retried, and its line names the file or folder written. The study,
 trial, summary and registry modules beside this one do their work through a Tracker.
 """
 
@@ -26,7 +27,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 
-from celebhpo.errors import TrackingAuthError, TrackingError, mask_url
+from celebhpo.errors import TrackingAuthError, TrackingError, disk_message, mask_url, os_cause
+from celebhpo.tracking.files import written
 from celebhpo.tracking.uris import (
     DEFAULT_TRACKING_URI,
     artifact_root,
@@ -99,28 +101,17 @@ class Tracker:
 
     def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)`, retried with exponential backoff on errors that may pass
-        (network, a locked database); then one TrackingError line."""
+        (network, a locked database); then one TrackingError line. A disk that is full or
+        refuses writes (errors.os_cause) is not retried: one line naming what is written."""
         delay = self.backoff
         for attempt in range(self.retries + 1):
             try:
                 return fn(*args, **kwargs)
             except TrackingError:
                 raise
-            except MlflowException as e:
-                if e.error_code in _AUTH_CODES:
-                    raise TrackingAuthError(
-                        f"MLflow {what} on {self.masked_uri}: the store refused this "
-                        f"process's credentials ({one_line(e.message, 200)}); give them with "
-                        "--tracking-uri, MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME and "
-                        "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN"
-                    ) from None
-                if e.error_code in _FINAL_CODES:
-                    raise TrackingError(
-                        f"MLflow {what} on {self.masked_uri}: {one_line(e.message)}"
-                    ) from None
-                error: Exception = e
             except Exception as e:  # noqa: BLE001 - network/sqlalchemy errors share no base
-                error = e
+                self._raise_final(what, e, fn, args, kwargs)
+                error: Exception = e
             if attempt < self.retries:
                 log.warning("MLflow %s failed (%s); retrying in %.1f s", what,
                             one_line(str(error), 200), delay)
@@ -130,6 +121,28 @@ class Tracker:
             f"MLflow {what} failed on {self.masked_uri} after {self.retries + 1} attempts: "
             f"{one_line(str(error), 300)}"
         ) from None
+
+    def _raise_final(self, what: str, e: Exception, fn: Callable[..., Any],
+                     args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raise the one line for an error that asking again will not cure: a disk that is
+        full or refuses writes, missing credentials, a final MLflow error code."""
+        if (err := os_cause(e)) is not None:
+            raise TrackingError(
+                f"MLflow {what}: {disk_message(err, written(self, err, fn, args, kwargs))}"
+            ) from err  # kept in the chain: a caller may name its own folder (os_cause)
+        if not isinstance(e, MlflowException):
+            return
+        if e.error_code in _AUTH_CODES:
+            raise TrackingAuthError(
+                f"MLflow {what} on {self.masked_uri}: the store refused this "
+                f"process's credentials ({one_line(e.message, 200)}); give them with "
+                "--tracking-uri, MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN"
+            ) from None
+        if e.error_code in _FINAL_CODES:
+            raise TrackingError(
+                f"MLflow {what} on {self.masked_uri}: {one_line(e.message)}"
+            ) from None
 
     def create_once(self, what: str, create: Callable[[], T], find: Callable[[], list[T]]) -> T:
         """`create()`, retried like `call`; but a retry first asks `find()` for what an earlier
@@ -187,6 +200,8 @@ class Tracker:
         except TrackingAuthError:
             raise
         except TrackingError as e:
+            if os_cause(e) is not None:
+                raise  # it names the folder and what to do: no server to start
             raise TrackingError(
                 f"MLflow tracking store {self.masked_uri} unreachable: {_after_colon(e)}; "
                 "start the server or pass --tracking-uri"

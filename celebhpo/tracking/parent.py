@@ -4,11 +4,15 @@ Status: RUNNING while the study has trials to run (any WAITING or RUNNING trial,
 budget not yet spent), FINISHED when the grid or the budget is done, FAILED when every
 finished trial failed. The best COMPLETE trial's run is tagged `celebhpo.best=true` (the tag
 moves as the best changes); the parent carries its `best/*` metrics, name, id and a link.
+When the worker sets the status at its end it hands over the points given up after their
+retry limit (hpo's retry.given_up, which this layer cannot import): the parent is tagged
+`celebhpo.given_up` with them in one short line, and the tag is removed when there are none.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -19,9 +23,12 @@ from celebhpo.tracking.client import Tracker
 from celebhpo.tracking.study import study_note
 from celebhpo.tracking.trial import BEST_PREFIX, RUN_ID_ATTR
 
-__all__ = ["BEST_TAG", "mark_best", "set_study_run_status", "study_run_status"]
+__all__ = ["BEST_TAG", "GIVEN_UP_TAG", "given_up_line", "mark_best", "set_study_run_status",
+           "study_run_status"]
 
 BEST_TAG = "celebhpo.best"
+GIVEN_UP_TAG = "celebhpo.given_up"
+GIVEN_UP_CHARS = 500  # the tag stays one short line; `study show` lists every point
 
 
 def study_run_status(study: optuna.Study, done: bool = False, *, grid: bool = False) -> str:
@@ -38,13 +45,30 @@ def study_run_status(study: optuna.Study, done: bool = False, *, grid: bool = Fa
     return "FINISHED"
 
 
+def given_up_line(given_up: Sequence[tuple[int, Mapping[str, Any], int]]) -> str:
+    """The `celebhpo.given_up` tag: `trial 7 {lr=0.001, dropout=0.1} after 3 attempts; ...`
+    from (last attempt, params, attempts), cut to GIVEN_UP_CHARS."""
+    line = "; ".join("trial {} {{{}}} after {} attempts".format(
+        n, ", ".join(f"{k}={v}" for k, v in params.items()), attempts)
+        for n, params, attempts in given_up)
+    return line if len(line) <= GIVEN_UP_CHARS else line[:GIVEN_UP_CHARS - 3] + "..."
+
+
 def set_study_run_status(tracker: Tracker, parent_run_id: str, study: optuna.Study,
-                         done: bool = False, *, grid: bool = False) -> str:
+                         done: bool = False, *, grid: bool = False,
+                         given_up: Sequence[tuple[int, Mapping[str, Any], int]] | None = None
+                         ) -> str:
     """Set the parent run's status from `study_run_status`; returns it. RUNNING again after
-    FINISHED (more trials asked for) clears nothing: MLflow keeps every artifact and metric."""
+    FINISHED (more trials asked for) clears nothing: MLflow keeps every artifact and metric.
+    `given_up` (last attempt, params, attempts) of the points given up sets the
+    `celebhpo.given_up` tag, or removes it when empty; None leaves it as it is."""
     status = study_run_status(study, done, grid=grid)
     client = tracker.client
-    current = tracker.call("get run", client.get_run, parent_run_id).info.status
+    run = tracker.call("get run", client.get_run, parent_run_id)
+    if given_up is not None:
+        _tag_given_up(tracker, parent_run_id, run.data.tags.get(GIVEN_UP_TAG),
+                      given_up_line(given_up))
+    current = run.info.status
     if status == current:
         return status
     if status == "RUNNING":
@@ -52,6 +76,13 @@ def set_study_run_status(tracker: Tracker, parent_run_id: str, study: optuna.Stu
     else:
         tracker.call("end run", client.set_terminated, parent_run_id, status)
     return status
+
+
+def _tag_given_up(tracker: Tracker, parent_run_id: str, tagged: str | None, line: str) -> None:
+    if line and line != tagged:
+        tracker.call("tag run", tracker.client.set_tag, parent_run_id, GIVEN_UP_TAG, line)
+    elif not line and tagged is not None:
+        tracker.call("untag run", tracker.client.delete_tag, parent_run_id, GIVEN_UP_TAG)
 
 
 def mark_best(tracker: Tracker, parent_run_id: str, study: optuna.Study,

@@ -19,7 +19,7 @@ import pandas as pd
 from celebhpo.errors import TrackingError
 from celebhpo.tracking.client import Tracker
 from celebhpo.tracking.parent import set_study_run_status
-from celebhpo.tracking.study import close_orphan_runs, create_study_run, supersede
+from celebhpo.tracking.study import close_orphan_runs, create_study_run, kill_runs, supersede
 from celebhpo.tracking.summary import refresh_parent
 from celebhpo.tracking.trial import RUN_ID_ATTR, TrialRun, f1_by_attribute, start_trial
 
@@ -83,13 +83,20 @@ class StudyTracker:
     def close_orphan_runs(self, trial_states: dict[int, str]) -> list[str]:
         return close_orphan_runs(self.tracker, str(self.parent_run_id), trial_states)
 
+    def kill_study_runs(self) -> list[str]:
+        """The study was deleted: its parent and RUNNING trial runs end KILLED."""
+        return kill_runs(self.tracker, str(self.parent_run_id),
+                         "the study was deleted from its Optuna storage while this ran")
+
     def refresh_parent(self, study: optuna.Study, leaderboard: pd.DataFrame) -> None:
         refresh_parent(self.tracker, str(self.parent_run_id), study, leaderboard,
                        grid=self.grid, config=self.config)
 
-    def set_study_run_status(self, study: optuna.Study, done: bool = False) -> None:
+    def set_study_run_status(self, study: optuna.Study, done: bool = False,
+                             given_up: list[tuple[int, dict[str, Any], int]] | None = None
+                             ) -> None:
         set_study_run_status(self.tracker, str(self.parent_run_id), study, done,
-                             grid=self.grid)
+                             grid=self.grid, given_up=given_up)
 
 
 class NullTracker:
@@ -118,10 +125,15 @@ class NullTracker:
     def close_orphan_runs(self, trial_states: dict[int, str]) -> list[str]:
         return []
 
+    def kill_study_runs(self) -> list[str]:
+        return []
+
     def refresh_parent(self, study: optuna.Study, leaderboard: pd.DataFrame) -> None:
         pass
 
-    def set_study_run_status(self, study: optuna.Study, done: bool = False) -> None:
+    def set_study_run_status(self, study: optuna.Study, done: bool = False,
+                             given_up: list[tuple[int, dict[str, Any], int]] | None = None
+                             ) -> None:
         pass
 
 

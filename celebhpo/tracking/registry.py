@@ -16,6 +16,7 @@ from mlflow.entities.model_registry import ModelVersion
 from celebhpo.errors import TrackingError, mask_url
 from celebhpo.objectives import better
 from celebhpo.tracking.client import CREATE_ID_TAG, Tracker
+from celebhpo.tracking.files import download
 
 __all__ = ["SCORE_TAG", "SPLIT_TAG", "Registered", "download_checkpoint", "global_uris",
            "register_model"]
@@ -35,9 +36,7 @@ def download_checkpoint(tracker: Tracker, run_id: str, dst_dir: str | Path) -> P
             f"MLflow run {run_id} in {tracker.masked_uri} has no model.pt artifact; with "
             "[study] checkpoints = 'best' only trials that were best when they ended keep one"
         )
-    path = tracker.call("download artifact", tracker.client.download_artifacts, run_id,
-                         "model.pt", str(dst))
-    return Path(path)
+    return download(tracker, run_id, "model.pt", dst)
 
 
 @dataclass

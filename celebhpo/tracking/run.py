@@ -16,6 +16,7 @@ from mlflow.entities import Metric, RunTag
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from celebhpo.tracking.client import Tracker
+from celebhpo.tracking.files import download
 
 __all__ = ["RunHandle"]
 
@@ -51,8 +52,7 @@ class RunHandle:
 
     def download(self, path: str, dst: str | Path) -> Path:
         """The run's artifact `path`, downloaded into the folder `dst`."""
-        return Path(self.tracker.call("download artifact", self.tracker.client.download_artifacts,
-                                      self.run_id, path, str(dst)))
+        return download(self.tracker, self.run_id, path, dst)
 
     def delete_files(self, folder: str) -> None:
         """The run's artifacts under `folder` (MLflow's client has no call for it)."""

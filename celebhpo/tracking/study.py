@@ -164,3 +164,19 @@ def close_orphan_runs(tracker: Tracker, parent_run_id: str,
             tracker.call("tag run", tracker.client.set_tag, run.info.run_id, "note", reason)
         closed.append(run.info.run_id)
     return closed
+
+
+def kill_runs(tracker: Tracker, parent_run_id: str, reason: str) -> list[str]:
+    """End a study's parent run and its RUNNING child runs KILLED with `reason` tagged: the
+    study is gone (deleted), so no worker will ever close them. Returns the ids."""
+    closed = []
+    for run in child_runs(tracker, parent_run_id, status="RUNNING"):
+        tracker.call("tag run", tracker.client.set_tag, run.info.run_id, "note", reason)
+        tracker.call("end run", tracker.client.set_terminated, run.info.run_id, "KILLED")
+        closed.append(run.info.run_id)
+    parent = tracker.call("get run", tracker.client.get_run, parent_run_id)
+    if parent.info.status == "RUNNING":
+        tracker.call("tag run", tracker.client.set_tag, parent_run_id, "note", reason)
+        tracker.call("end run", tracker.client.set_terminated, parent_run_id, "KILLED")
+        closed.append(parent_run_id)
+    return closed

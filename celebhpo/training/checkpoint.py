@@ -185,8 +185,10 @@ def save_resume_state(path: str | Path, state: dict[str, Any], *, durable: bool 
     clean = _plain(state, "state")
     if clean.get("format") != RESUME_FORMAT:
         raise CheckpointError(f"{path}: not a resume state (format {clean.get('format')!r})")
+    buffer = io.BytesIO()  # in memory first, as in Checkpoint.save: a full disk names the file
+    torch.save(clean, buffer)
     with atomic_path(path, durable=durable) as tmp:
-        torch.save(clean, tmp)
+        tmp.write_bytes(buffer.getbuffer())
     return path
 
 

@@ -99,7 +99,8 @@ def test_a_killed_trial_resumes_after_its_last_epoch(tmp_path, synth_root, track
     assert "died while running it" in dead.user_attrs["fail_reason"]
     assert retry.system_attrs["failed_trial"] == 0 and retry.state == TS.COMPLETE
     assert retry.user_attrs["resumed_from_epoch"] == k and retry.user_attrs["epochs_run"] == 4
-    assert f"trial 1 resumed from epoch {k} of MLflow run {dead_run}" in caplog.text
+    # through the worker's echo, which adds its [gpuK] label under optimize --devices
+    assert f"trial 1 resumed from epoch {k} of MLflow run {dead_run}" in lines
 
     runs = mlflow_runs(tracking_uri, "killed")
     new_run = runs[1].info.run_id

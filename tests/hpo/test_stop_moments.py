@@ -112,7 +112,7 @@ def run_tries(folder: Path, study_file: Path, storage: str, tries: list[Try]) ->
         log = folder / f"try{i:02d}.log"
         proc = subprocess.Popen(
             [sys.executable, "-m", "celebhpo", "optimize", "--storage", storage,
-             "--tracking-uri", tracking, "--trials", "1000"],
+             "--tracking-uri", tracking, "--trials", "1000", "--progress"],
             cwd=folder, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
         try:
@@ -249,7 +249,7 @@ def test_a_second_signal_exits_at_once_and_the_next_worker_recovers(tmp_path, sy
     create_study(load_study_file(write_study(tmp_path / "s.toml", root, name="twice",
                                              space="lr = [0.003, 0.03]", train_size=240)),
                  storage=storage, grid=True, tracking_uri=tracking)
-    args = ["optimize", "--storage", storage, "--tracking-uri", tracking]
+    args = ["optimize", "--storage", storage, "--tracking-uri", tracking, "--progress"]
     log = tmp_path / "w.log"
     proc = start(args, tmp_path, log)
     _wait_for("cache_build", proc, log, storage)
