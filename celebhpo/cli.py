@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from celebhpo import __version__
+from celebhpo.cli_launch import launch
 from celebhpo.cli_options import (
     CONTEXT,
     backend_option,
@@ -437,6 +438,9 @@ def demo_cmd(workdir: Path, quick: bool) -> None:
     from celebhpo.demo import run_demo
 
     run_demo(workdir, quick=quick, echo=click.echo)
+
+
+cli.add_command(launch)  # celebhpo launch slurm|status|k8s (cli_launch.py)
 
 
 def main() -> None:  # pragma: no cover

@@ -23,7 +23,7 @@ LAYERS = [
     {"celebhpo", "errors", "_typed", "_io", "stopping", "objectives", "archs", "config"},
     {"data", "training", "tracking"},
     {"hpo", "export", "inference"},
-    {"report", "cli_options", "demo", "cli", "__main__"},
+    {"report", "cli_options", "cli_launch", "demo", "cli", "__main__"},
 ]
 PRESENTATION = "celebhpo.report"
 MAY_PRESENT = {"celebhpo.cli", "celebhpo.demo"}  # the only modules that turn results into text
