@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import optuna
+import pytest
 from mlflow import MlflowClient
 
 from celebhpo.config import load_study_file
@@ -22,6 +23,7 @@ GRID16 = ("lr = [0.001, 0.003, 0.01, 0.03]\ndropout = [0.1, 0.3]\n"
 WORKERS = 4
 
 
+@pytest.mark.slow  # long form: test_soak.py runs four PG workers through a grid, with kills
 def test_four_workers_share_a_16_point_grid_on_postgresql(tmp_path, synth_root, pg_url):
     tracking_uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     cfg = load_study_file(write_study(tmp_path / "s.toml", synth_root, name="load16",

@@ -67,6 +67,7 @@ def _storage(storage: str):
 
 
 # -- many workers, one grid -------------------------------------------------------------------
+@pytest.mark.slow  # long form: test_worker_faults.py runs --devices on a journal grid, with a kill
 def test_devices_share_a_grid_on_a_journal_file(tmp_path, synth_root, tracking_uri):
     storage = str(tmp_path / "studies" / "grid.log")
     cfg = load_study_file(write_study(tmp_path / "s.toml", synth_root, name="jgrid",
@@ -82,6 +83,7 @@ def test_devices_share_a_grid_on_a_journal_file(tmp_path, synth_root, tracking_u
     assert_grid_done_once(storage, "jgrid", tracking_uri, 8)
 
 
+@pytest.mark.slow  # long form: test_outage.py runs two PG workers through a grid, with outages
 def test_two_workers_share_a_grid_on_postgresql(tmp_path, synth_root, tracking_uri, pg_url):
     cfg = load_study_file(write_study(tmp_path / "s.toml", synth_root, name="pggrid",
                                       space=GRID8))
