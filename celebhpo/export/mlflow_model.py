@@ -1,9 +1,15 @@
 """The exported model as an MLflow model on the trial's run: images in, probabilities out.
 
-`mlflow.pytorch.load_model(...)` and `mlflow.pyfunc.load_model(...)` return a module that
-takes (B, S, S, 3) uint8 images, as `celebhpo.inference.Predictor.predict_uint8` does, and
-gives (B, 40) probabilities equal to predict's. Loading it needs celebhpo installed (the
-module is pickled by MLflow's PyTorch flavor).
+`mlflow.pytorch.load_model(...)` and `mlflow.pyfunc.load_model(...)` return a model that
+takes (B, S, S, 3) uint8 images, S the study's image size, as
+`celebhpo.inference.Predictor.predict_uint8` does, and gives (B, 40) probabilities equal to
+predict's. It is a torch.export program: loading it needs torch and MLflow, not celebhpo.
+
+Its signature fixes S, 3 and uint8 (B is free), and its MLmodel metadata says so in words.
+Input of another shape or dtype is refused before the model runs: by pyfunc's signature check
+(an MlflowException ending "Shape of input (2, 64, 64, 3) does not match expected shape
+(-1, 32, 32, 3).", after MLflow's print of the input) or, loaded with the PyTorch flavor, by
+the program's guard (AssertionError "Guard failed: images.size()[1] == 32").
 """
 
 from __future__ import annotations
@@ -44,4 +50,8 @@ def log_mlflow_model(tracker: Tracker, run_id: str, model: torch.nn.Module, size
     example = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
     with torch.no_grad():
         output = wrapped(torch.from_numpy(example)).numpy()
-    return log_pytorch_model(tracker, run_id, wrapped, example, output)
+    metadata = {"input": f"images: (B, {size}, {size}, 3) uint8 RGB, {size} = the study's "
+                         "image size, as celebhpo's decode cache holds them",
+                "output": "(B, 40) float32 probabilities, one per CelebA attribute "
+                          "(celebhpo.data.ATTRIBUTES order)"}
+    return log_pytorch_model(tracker, run_id, wrapped, example, output, metadata=metadata)

@@ -20,7 +20,10 @@ from typing import Any
 
 from mlflow.entities import Dataset, DatasetInput, InputTag
 
-__all__ = ["dataset_input", "git_commit", "source_tags", "start_system_metrics",
+from celebhpo.errors import TrackingError
+from celebhpo.tracking.client import Tracker
+
+__all__ = ["dataset_input", "git_commit", "log_dataset", "source_tags", "start_system_metrics",
            "stop_system_metrics"]
 
 log = logging.getLogger(__name__)
@@ -104,6 +107,23 @@ def dataset_input(data: dict[str, Any], context: str = "train") -> DatasetInput 
                       source=json.dumps({"uri": os.fspath(root)}),
                       profile=json.dumps(profile, default=str))
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
+
+
+def log_dataset(tracker: Tracker, run_id: str, data: dict[str, Any]) -> bool:
+    """The study's data set (`data`, the config's [data]) as the run's dataset input, the
+    same on the parent run and on every trial's run. False (and a warning) when its root
+    cannot be read: the run goes on without one."""
+    dataset = dataset_input(data or {})
+    if dataset is None:
+        return False
+    try:
+        tracker.call("log inputs", tracker.client.log_inputs, run_id, [dataset])
+    except TrackingError:
+        # MLflow's SQL store looks for the dataset row, then inserts it: workers starting
+        # their first trials at once race on its unique key (BAD_REQUEST, IntegrityError);
+        # a second try finds the row and only links it to this run
+        tracker.call("log inputs", tracker.client.log_inputs, run_id, [dataset])
+    return True
 
 
 def start_system_metrics(uri: str, run_id: str, interval: float = 5.0) -> Any:

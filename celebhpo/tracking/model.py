@@ -20,10 +20,12 @@ __all__ = ["log_pytorch_model"]
 
 
 def log_pytorch_model(tracker: Tracker, run_id: str, module: Any, example: np.ndarray,
-                      output: np.ndarray, *, name: str = "model") -> Any:
+                      output: np.ndarray, *, name: str = "model",
+                      metadata: dict[str, str] | None = None) -> Any:
     """Log the torch `module` to run `run_id` as the MLflow model `name`, with the signature
-    of `example` -> `output` and `example` as its input example. Returns MLflow's ModelInfo
-    (`model_uri`, `model_id`)."""
+    of `example` -> `output`, `example` as its input example and `metadata` in its MLmodel
+    file. It is saved as a torch.export program ("pt2": MLflow refuses to load a pickled one
+    unless told to), in which the input shapes the signature fixes are fixed too. Returns MLflow's ModelInfo (`model_uri`, `model_id`)."""
     # late: MLflow's PyTorch flavor imports torch (~1.5 s), which only an export needs
     import mlflow
     import mlflow.pytorch
@@ -40,4 +42,5 @@ def log_pytorch_model(tracker: Tracker, run_id: str, module: Any, example: np.nd
     with global_uris(tracker.uri):  # MLflow's model logging reads the global URIs
         return tracker.call("log model", mlflow.pytorch.log_model, module, name=name,
                             model_id=logged.model_id, run_id=run_id, signature=signature,
-                            input_example=example, pip_requirements=requirements)
+                            input_example=example, pip_requirements=requirements,
+                            serialization_format="pt2", metadata=metadata)

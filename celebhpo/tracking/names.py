@@ -6,7 +6,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["final_run_name", "trial_run_name"]
+__all__ = ["BEST_EPOCH_PREFIX", "STUDY_BEST_PREFIX", "final_run_name", "param_name",
+           "trial_run_name"]
+
+# Metric names (one meaning each; README "Comparing runs in the MLflow UI"):
+# a trial's single values at its own best epoch, step 0 (`best_epoch/epoch`, ...)
+BEST_EPOCH_PREFIX = "best_epoch/"
+# the parent's copy of the best trial so far, step = trials finished (`study_best/value`, ...)
+STUDY_BEST_PREFIX = "study_best/"
 
 _SHORT = {"lr": "lr", "dropout": "p", "num_features": "f", "weight_decay": "wd",
           "batch_size": "bs", "optimizer": "opt", "scheduler": "sched", "epochs": "ep"}
@@ -23,6 +30,13 @@ def _compact(value: Any) -> str:
         mantissa, exp = f"{value:.2e}".split("e")
         return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
     return f"{value:.3g}"
+
+
+def param_name(key: str) -> str:
+    """The MLflow param of a `[space]` key, the same on the parent run (its choices or range)
+    and on a trial's run (its value): its place in the config, `lr` -> `train.lr`,
+    `data.image_size` -> `data.image_size`."""
+    return key if "." in key else f"train.{key}"
 
 
 def trial_run_name(trial_number: int, params: dict[str, Any]) -> str:

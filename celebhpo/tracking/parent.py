@@ -3,7 +3,8 @@
 Status: RUNNING while the study has trials to run (any WAITING or RUNNING trial, or a
 budget not yet spent), FINISHED when the grid or the budget is done, FAILED when every
 finished trial failed. The best COMPLETE trial's run is tagged `celebhpo.best=true` (the tag
-moves as the best changes); the parent carries its `best/*` metrics, name, id and a link.
+moves as the best changes); the parent carries its figures as `study_best/*` metrics (step =
+trials finished: the best so far), its name, id and a link.
 When the worker sets the status at its end it hands over the points given up after their
 retry limit (hpo's retry.given_up, which this layer cannot import): the parent is tagged
 `celebhpo.given_up` with them in one short line, and the tag is removed when there are none.
@@ -11,6 +12,7 @@ retry limit (hpo's retry.given_up, which this layer cannot import): the parent i
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,11 +22,12 @@ from mlflow.entities import Metric, RunTag
 from optuna.trial import TrialState
 
 from celebhpo.tracking.client import Tracker
+from celebhpo.tracking.names import BEST_EPOCH_PREFIX, STUDY_BEST_PREFIX
 from celebhpo.tracking.study import study_note
-from celebhpo.tracking.trial import BEST_PREFIX, RUN_ID_ATTR
+from celebhpo.tracking.trial import RUN_ID_ATTR
 
 __all__ = ["BEST_TAG", "GIVEN_UP_TAG", "given_up_line", "mark_best", "set_study_run_status",
-           "study_run_status"]
+           "study_best_metrics", "study_run_status"]
 
 BEST_TAG = "celebhpo.best"
 GIVEN_UP_TAG = "celebhpo.given_up"
@@ -85,12 +88,30 @@ def _tag_given_up(tracker: Tracker, parent_run_id: str, tagged: str | None, line
         tracker.call("untag run", tracker.client.delete_tag, parent_run_id, GIVEN_UP_TAG)
 
 
+def study_best_metrics(metrics: Mapping[str, float], user_attrs: Mapping[str, Any]
+                       ) -> dict[str, float]:
+    """The parent's `study_best/<name>` from the best trial's run `metrics` (latest values):
+    each `best_epoch/<name>` (`study_best/epoch` included), and each other metric of the run
+    whose value at the best epoch the trial stores as a user attr (the objective's figures:
+    val_loss, val_mean_acc, ... at that epoch; params_m, latency_ms)."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if key.startswith(BEST_EPOCH_PREFIX):
+            out[STUDY_BEST_PREFIX + key[len(BEST_EPOCH_PREFIX):]] = float(value)
+            continue
+        attr = user_attrs.get(key)
+        if isinstance(attr, int | float) and not isinstance(attr, bool) and (
+                math.isfinite(attr)):
+            out[STUDY_BEST_PREFIX + key] = float(attr)
+    return out
+
+
 def mark_best(tracker: Tracker, parent_run_id: str, study: optuna.Study,
               best: optuna.trial.FrozenTrial | None, step: int,
               config: dict[str, Any] | None = None) -> str | None:
-    """Tag the best trial's run `celebhpo.best=true` (and untag any other), copy its `best/*`
-    metrics, name, id and a link onto the parent, whose note describes the study (`config`,
-    its resolved config). Returns the best run's id (None: no best yet)."""
+    """Tag the best trial's run `celebhpo.best=true` (and untag any other), copy its figures
+    (`study_best_metrics`), name, id and a link onto the parent, whose note describes the
+    study (`config`, its resolved config). Returns the best run's id (None: no best yet)."""
     run_id = best.user_attrs.get(RUN_ID_ATTR) if best is not None else None
     client = tracker.client
     experiment_id = tracker.call("get run", client.get_run, parent_run_id).info.experiment_id
@@ -107,8 +128,8 @@ def mark_best(tracker: Tracker, parent_run_id: str, study: optuna.Study,
         tracker.call("tag run", client.set_tag, run_id, BEST_TAG, "true")
     run = tracker.call("get run", client.get_run, run_id)
     now = int(time.time() * 1000)
-    metrics = [Metric(k, v, now, step) for k, v in run.data.metrics.items()
-               if k.startswith(BEST_PREFIX) and k != f"{BEST_PREFIX}value"]
+    metrics = [Metric(k, v, now, step)
+               for k, v in study_best_metrics(run.data.metrics, best.user_attrs).items()]
     link = f"#/experiments/{experiment_id}/runs/{run_id}"
     note = study_note(study.study_name, config or {},
                       f"Best so far: trial {best.number}, [{run.info.run_name}]({link}), "

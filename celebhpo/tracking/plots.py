@@ -1,5 +1,6 @@
 """Matplotlib figures logged to MLflow: a trial's training curves, the study's F1 heatmap, a
-multi-objective study's Pareto plot.
+multi-objective study's Pareto plot; Optuna's plots (PNG and the HTML report) come from
+optuna_plots.py, re-exported here.
 
 Figures are built with `matplotlib.figure.Figure` (no pyplot), so no global backend or
 figure registry is touched and nothing leaks between trials or threads. Matplotlib is imported
@@ -16,6 +17,7 @@ import numpy as np
 import optuna
 
 from celebhpo.tracking.names import trial_run_name
+from celebhpo.tracking.optuna_plots import optuna_png, optuna_report_html
 
 __all__ = ["f1_heatmap", "f1_heatmap_from_study", "optuna_png", "optuna_report_html",
            "pareto_plot", "training_curves"]
@@ -141,52 +143,6 @@ def f1_heatmap_from_study(study: optuna.Study, path: str | Path) -> Path:
     f1 = np.array([[col.get(a, np.nan) for col in columns] for a in attributes], dtype=float)
     labels = [trial_run_name(t.number, t.params) for t in trials]  # every searched param
     return f1_heatmap(f1, attributes, labels, path)
-
-
-def optuna_png(study: optuna.Study, kind: str, path: str | Path) -> Path:
-    """Optuna's `plot_<kind>` drawn by optuna.visualization.matplotlib, as a PNG (renders
-    anywhere, offline). Optuna draws through pyplot: the figure is closed after saving."""
-    import warnings
-
-    import matplotlib
-
-    if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "cairo"):
-        matplotlib.use("Agg")  # a worker has no display
-    import matplotlib.pyplot as plt
-
-    # Optuna's experimental notes and matplotlib's cosmetic ones (a flat curve's "identical
-    # low and high ylims") would print on every worker after every trial
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        drawn = getattr(optuna.visualization.matplotlib, f"plot_{kind}")(study)
-        axes = np.ravel(drawn) if isinstance(drawn, np.ndarray) else [drawn]
-        fig = axes[0].figure
-        try:
-            fig.set_size_inches(max(fig.get_size_inches()[0], 8),
-                                max(fig.get_size_inches()[1], 5))
-            fig.savefig(path, dpi=100, bbox_inches="tight")
-        finally:
-            plt.close(fig)
-    return Path(path)
-
-
-def optuna_report_html(study: optuna.Study, kinds: dict[str, str], path: str | Path) -> Path:
-    """One self-contained HTML page with Optuna's plotly plots `kinds` ({kind: heading}):
-    plotly.js inlined once, in the first figure, so it renders offline (no CDN)."""
-    import html
-
-    parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>"
-             f"{html.escape(study.study_name)}: Optuna plots</title></head><body>"
-             f"<h1>Study {html.escape(study.study_name)}</h1>"]
-    inlined = False
-    for kind, heading in kinds.items():
-        fig = getattr(optuna.visualization, f"plot_{kind}")(study)
-        parts.append(f"<h2>{html.escape(heading)}</h2>")
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=not inlined))
-        inlined = True
-    parts.append("</body></html>")
-    Path(path).write_text("\n".join(parts), encoding="utf-8")
-    return Path(path)
 
 
 def _as_mapping(value: Any) -> dict[str, float]:

@@ -1,8 +1,10 @@
 """The study's experiment and parent run, and the child runs under it.
 
 Shape (shared/DESIGN.md "MLflow shape"): one experiment per study name, created once by
-`study create` (workers never race to create it); one parent run per study, tagged
-`role=study` and found by the study's key, never by its name; one child run per trial
+`study create` (workers never race to create it) and tagged `mlflow.experimentKind =
+custom_model_development`, so MLflow's UI keeps its model-training view on every page (not
+its GenAI one); one parent run per study, tagged `role=study` and found by the study's key,
+never by its name, with the study's data set as its dataset input; one child run per trial
 (trial.py), tagged `mlflow.parentRunId`.
 """
 
@@ -16,15 +18,20 @@ from mlflow.entities import Param, Run, RunTag
 
 from celebhpo.errors import TrackingError, mask_url, without_credentials
 from celebhpo.tracking.client import Tracker
-from celebhpo.tracking.metadata import source_tags
+from celebhpo.tracking.metadata import log_dataset, source_tags
+from celebhpo.tracking.names import param_name
 from celebhpo.tracking.trial import RUN_STATUS, TrialRun, flatten_config
 from celebhpo.tracking.uris import artifact_location
 
-__all__ = ["STUDY_KEY_TAG", "child_runs", "close_orphan_runs", "create_study_run",
-           "parent_params", "study_note", "supersede"]
+__all__ = ["EXPERIMENT_KIND", "STUDY_KEY_TAG", "child_runs", "close_orphan_runs",
+           "create_study_run", "parent_params", "study_note", "supersede"]
 
 
 STUDY_KEY_TAG = "celebhpo.study_key"
+# MLflow's experiment type (its UI's selector; values in MLflow 3.17's UI source:
+# custom_model_development, genai_development, ...): without it a run page may switch to
+# the GenAI view ("Evaluations")
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def create_study_run(tracker: Tracker, study_name: str, config: dict[str, Any], *,
@@ -62,7 +69,11 @@ def create_study_run(tracker: Tracker, study_name: str, config: dict[str, Any], 
     # logged again when a retry finds the run: MLflow accepts a param re-logged unchanged
     params = [Param(k, v) for k, v in parent_params(config).items()]
     tracker.log_batch(run_id, params=params,
-                      tags=[RunTag("mlflow.note.content", study_note(study_name, config))])
+                      tags=[RunTag("mlflow.note.content", study_note(study_name, config)),
+                            RunTag("searched", ",".join(map(param_name, config.get("space")
+                                                            or {})))])
+    # the study's data set, as on every trial's run (a retry links the same input once)
+    log_dataset(tracker, run_id, config.get("data") or {})
     # RUNNING while the study has trials to run: parent.set_study_run_status ends it
     # FINISHED (grid or budget done) or FAILED (every trial failed) after trials
     return experiment_id, run_id
@@ -80,7 +91,9 @@ def _experiment(tracker: Tracker, name: str, artifacts: str | None) -> str:
         location = artifact_location(tracker.uri, artifacts)  # a database without one: refused
         try:
             return tracker.call("create experiment", client.create_experiment, name,
-                                 artifact_location=location, tags={"celebhpo.study": name})
+                                 artifact_location=location,
+                                 tags={"celebhpo.study": name,
+                                       EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1]})
         except TrackingError:
             # Another process may have created it between our look and our create.
             exp = tracker.call("get experiment", client.get_experiment_by_name, name)
@@ -95,19 +108,21 @@ def _experiment(tracker: Tracker, name: str, artifacts: str | None) -> str:
         )
     if exp.lifecycle_stage == "deleted":
         tracker.call("restore experiment", client.restore_experiment, exp.experiment_id)
+    if EXPERIMENT_KIND[0] not in exp.tags:  # made by an older celebhpo, or by hand
+        tracker.call("tag experiment", client.set_experiment_tag, exp.experiment_id,
+                     *EXPERIMENT_KIND)
     return exp.experiment_id
 
 
 def parent_params(config: dict[str, Any]) -> dict[str, str]:
-    """The parent run's params: the config less the searched keys (their base values never
-    trained), and each searched key as `space.<key>` = its choices (a JSON list) or range
-    (a JSON object)."""
+    """The parent run's params: the config, flat, with each searched key under its config
+    name (names.param_name: `train.lr`, `data.image_size`, as on the trials' runs, which log
+    the trial's value there) = its choices (a JSON list) or range (a JSON object), never its
+    base value (it never trained)."""
     space = config.get("space") or {}
-    flat = flatten_config({k: v for k, v in config.items() if k != "space"})
-    out = {k: v for k, v in flat.items() if not (k.startswith("train.")
-                                                  and k[len("train."):] in space)}
+    out = flatten_config({k: v for k, v in config.items() if k != "space"})
     for key, dim in space.items():
-        out[f"space.{key}"] = json.dumps(dim, sort_keys=True, default=str)[:6000]
+        out[param_name(key)] = json.dumps(dim, sort_keys=True, default=str)[:6000]
     return out
 
 

@@ -18,9 +18,9 @@ from mlflow.entities import Metric
 from celebhpo.objectives import best_of
 from celebhpo.tracking import plots
 from celebhpo.tracking.client import Tracker, one_line
-from celebhpo.tracking.names import final_run_name
+from celebhpo.tracking.names import STUDY_BEST_PREFIX, final_run_name
 from celebhpo.tracking.parent import mark_best, set_study_run_status
-from celebhpo.tracking.trial import BEST_PREFIX, RUN_ID_ATTR
+from celebhpo.tracking.trial import RUN_ID_ATTR
 
 __all__ = ["refresh_parent"]
 
@@ -32,7 +32,7 @@ def refresh_parent(tracker: Tracker, parent_run_id: str, study: optuna.Study,
                    grid: bool = False, config: dict[str, Any] | None = None) -> list[str]:
     """Re-log the parent run's leaderboard.csv, f1_by_attribute.png, Optuna's plots (PNG,
     and all of them in one self-contained summary/report.html), the `trials/*` counts and
-    the best trial (`best/*` metrics, tags, the `celebhpo.best` tag on its run), then set
+    the best trial (`study_best/*` metrics, tags, the `celebhpo.best` tag on its run), then set
     the parent's status (parent.set_study_run_status; `done`: the caller's budget is spent,
     `grid`: the study's points were queued at creation). `config` is the study's resolved
     config (its note, the names of its objectives)
@@ -62,8 +62,8 @@ def refresh_parent(tracker: Tracker, parent_run_id: str, study: optuna.Study,
                Metric("trials/complete", len(complete), now, step)]
     best = best_trial(study) if len(study.directions) == 1 else None
     if best is not None:
-        metrics += [Metric(f"{BEST_PREFIX}trial_number", best.number, now, step),
-                    Metric(f"{BEST_PREFIX}value", float(best.value), now, step)]
+        metrics += [Metric(f"{STUDY_BEST_PREFIX}trial_number", best.number, now, step),
+                    Metric(f"{STUDY_BEST_PREFIX}value", float(best.value), now, step)]
     tracker.log_batch(parent_run_id, metrics=metrics)
     mark_best(tracker, parent_run_id, study, best, step, config)
     set_study_run_status(tracker, parent_run_id, study, done, grid=grid)

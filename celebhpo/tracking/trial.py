@@ -2,6 +2,14 @@
 
 A run is RUNNING from `start_trial` until `TrialRun.end` maps the Optuna state onto an MLflow
 status: COMPLETE -> FINISHED, PRUNED -> KILLED (tag state=PRUNED), FAIL -> FAILED (tag error).
+Every trial keeps its config (config.json, from the start) and its per-epoch metrics; a
+finished or pruned one curves.png too (a pruned run draws it as it ends), a finished one its
+best-epoch metrics and tables (trial_files).
+
+Params: the trial's resolved config, flat; each searched key under its config name
+(names.param_name: `train.lr`) with the trial's value, where the parent run has its
+choices or range. `train.device` is the study's device setting on both runs (`auto` unless
+the study names one); the tag `device` says where the trial trained (`cpu`, `cuda:0`).
 """
 
 from __future__ import annotations
@@ -20,27 +28,29 @@ from typing import Any
 import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 
-from celebhpo._io import report_to_dict
 from celebhpo.errors import TrackingError, mask_url
-from celebhpo.tracking import plots
 from celebhpo.tracking.client import Tracker, one_line
 from celebhpo.tracking.metadata import (
-    dataset_input,
+    log_dataset,
     source_tags,
     start_system_metrics,
     stop_system_metrics,
 )
-from celebhpo.tracking.names import trial_run_name
+from celebhpo.tracking.names import BEST_EPOCH_PREFIX, param_name, trial_run_name
 from celebhpo.tracking.run import RunHandle
+from celebhpo.tracking.trial_files import (
+    best_epoch_metrics,
+    write_config,
+    write_curves,
+    write_result_files,
+)
 
-__all__ = ["BEST_PREFIX", "RUN_ID_ATTR", "RUN_STATUS", "SLICE_PREFIX", "TrialRun", "f1_by_attribute", "flatten_config", "start_trial",
-           "trial_run_name"]
+__all__ = ["BEST_EPOCH_PREFIX", "RUN_ID_ATTR", "RUN_STATUS", "TrialRun", "f1_by_attribute",
+           "flatten_config", "start_trial", "trial_params", "trial_run_name"]
 
 log = logging.getLogger(__name__)
 
 RUN_ID_ATTR = "mlflow_run_id"  # the trial user attr naming its run (export-best reads it)
-BEST_PREFIX = "best/"  # a trial's best-epoch metrics, and the parent's copy of the best trial's
-SLICE_PREFIX = "slice/"  # a trial's subgroup metrics (validation, best epoch, tuned thresholds)
 # Optuna state -> MLflow run status
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 _PARAM_CHARS = 6000  # MLflow's limit on a param value
@@ -78,14 +88,28 @@ def f1_by_attribute(report: pd.DataFrame) -> dict[str, float | None]:
             for a, v in zip(report["attribute"], report[col], strict=True)}
 
 
+def trial_params(config: dict[str, Any], study_device: str | None = None) -> dict[str, str]:
+    """A trial run's params: its resolved config, flat, less the `[space]` table (each
+    searched key is a param at its config name with the trial's value; the parent run holds
+    the choices). `study_device`, the parent's `train.device`, stands for `train.device`
+    (unless the device is searched): both runs then say the study's setting, not a
+    worker's `--device` (the tag `device` says where the trial trained)."""
+    flat = flatten_config({k: v for k, v in config.items() if k != "space"})
+    if study_device is not None and "train.device" in flat and (
+            "device" not in (config.get("space") or {})):
+        flat["train.device"] = study_device
+    return flat
+
+
 # -- the run ----------------------------------------------------------------------------------
 def start_trial(tracker: Tracker, experiment_id: str, parent_run_id: str, trial_number: int,
                 params: dict[str, Any], config: dict[str, Any],
                 tags: dict[str, Any] | None = None) -> TrialRun:
     """A RUNNING child run for one trial. `params` are the trial's searched values (they
-    make the name); `config` is its resolved config (logged flattened, and its data set as
-    an MLflow dataset input); `tags` adds to study/trial_number/state/host and the source
-    tags (metadata.source_tags) (e.g. {"study": name, "device": "cuda:0"})."""
+    make the name); `config` is its resolved config (its params: `trial_params`; config.json;
+    its data set as an MLflow dataset input); `tags` adds to study/trial_number/state/host,
+    `searched` (the searched params' names) and the source tags (metadata.source_tags)
+    (e.g. {"study": name, "device": "cuda:0"})."""
     all_tags = {
         **source_tags(),
         "mlflow.parentRunId": parent_run_id,
@@ -93,24 +117,18 @@ def start_trial(tracker: Tracker, experiment_id: str, parent_run_id: str, trial_
         "trial_number": str(trial_number),
         "state": "RUNNING",
         "host": socket.gethostname(),
-        "searched": ",".join(params),
+        "searched": ",".join(param_name(k) for k in params),
     }
     for key, value in (tags or {}).items():
         all_tags[key] = one_line(str(value), 5000)
     name = trial_run_name(trial_number, params)
     run = tracker.create_run(experiment_id, name, all_tags)
     trial_run = TrialRun(tracker, run.info.run_id, trial_number, name)
-    tracker.log_batch(run.info.run_id,
-                       params=[Param(k, v) for k, v in flatten_config(config).items()])
-    dataset = dataset_input(config.get("data") or {})
-    if dataset is not None:
-        try:
-            tracker.call("log inputs", tracker.client.log_inputs, run.info.run_id, [dataset])
-        except TrackingError:
-            # MLflow's SQL store looks for the dataset row, then inserts it: workers starting
-            # their first trials at once race on its unique key (BAD_REQUEST, IntegrityError);
-            # a second try finds the row and only links it to this run
-            tracker.call("log inputs", tracker.client.log_inputs, run.info.run_id, [dataset])
+    parent = tracker.call("get run", tracker.client.get_run, parent_run_id)
+    flat = trial_params(config, parent.data.params.get("train.device"))
+    tracker.log_batch(run.info.run_id, params=[Param(k, v) for k, v in flat.items()])
+    trial_run.log_config(config)
+    log_dataset(tracker, run.info.run_id, config.get("data") or {})
     if (config.get("study") or {}).get("system_metrics"):
         trial_run.monitor = start_system_metrics(tracker.uri, run.info.run_id)
     return trial_run
@@ -126,12 +144,15 @@ class TrialRun(RunHandle):
         self.name = name  # the run name; looked up when a pruned run is renamed, if None
         self.monitor: Any = None  # MLflow's system metrics monitor, when [study] asks for it
         self.ended = False
+        self.history: list[dict[str, Any]] = []  # the epochs logged (a pruned run's curves.png)
+        self.config_logged = False
 
     def __repr__(self) -> str:
         return f"TrialRun(t{self.trial_number:03d}, {self.run_id})"
 
     def log_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
         """One epoch's metrics with step = epoch, as the epoch ends (live curves in the UI)."""
+        self.history.append(dict(metrics, epoch=epoch))
         now = int(time.time() * 1000)
         batch = [
             Metric(k, float(v), now, int(epoch)) for k, v in metrics.items()
@@ -139,51 +160,38 @@ class TrialRun(RunHandle):
         ]
         self.tracker.log_batch(self.run_id, metrics=batch)
 
+    def log_config(self, config: dict[str, Any]) -> None:
+        """config.json: the trial's resolved config (logged as the run starts)."""
+        self._log_files(lambda out: [write_config(config, out)])
+        self.config_logged = True
+
+    def _log_files(self, write: Any) -> None:
+        """The files `write(folder)` makes in a temporary folder (it returns their names),
+        logged at the top of the run's artifacts."""
+        with tempfile.TemporaryDirectory(prefix="celebhpo-trial-") as tmp:
+            for name in write(Path(tmp)):
+                self.tracker.call("log artifact", self.tracker.client.log_artifact,
+                                   self.run_id, str(Path(tmp) / name))
+
     def log_result(self, result: Any, config: dict[str, Any], log_checkpoint: bool = True
                    ) -> dict[str, Any]:
-        """The finished trial: best-epoch metrics (`best/*`: MLflow's chart view puts them in a
-        section of their own, apart from the per-epoch curves), classification_report.csv/.json,
-        thresholds.json, curves.png, config.json and (if `log_checkpoint`) model.pt; with
-        `result.slices` (training.slices, at the tuned thresholds) also `slice/*` metrics and
-        slices.csv.
+        """The finished trial: `best_epoch/*` metrics (trial_files.best_epoch_metrics: the
+        best epoch's figures no curve shows, step 0; MLflow's chart view puts them in a
+        section of their own, apart from the per-epoch curves), the files of
+        trial_files.write_result_files (the per-attribute and per-group tables as CSV/JSON and
+        PNG, best_epoch.json, thresholds.json, curves.png), config.json (unless logged at the
+        start) and (if `log_checkpoint`) model.pt.
 
         `result` is a train.FitResult. Returns {"f1_by_attribute": {attribute: F1}} for the
         objective to store as a trial user attr (the parent's heatmap reads it)."""
         now = int(time.time() * 1000)
-        best = [Metric(f"{BEST_PREFIX}{k}", float(v), now, 0)
-                for k, v in result.best_metrics.items()
-                if isinstance(v, int | float) and not isinstance(v, bool) and k != "epoch"]
-        best.append(Metric(f"{BEST_PREFIX}epoch", float(result.best_epoch), now, 0))
-        slices = result.slices
-        if slices is not None:
-            best += [Metric(k, float(v), now, 0) for k, v in slices.metrics(SLICE_PREFIX).items()]
-        self.tracker.log_batch(self.run_id, metrics=best)
-
-        report = result.report
-        f1 = f1_by_attribute(report)
-        with tempfile.TemporaryDirectory(prefix="celebhpo-trial-") as tmp:
-            out = Path(tmp)
-            report.to_csv(out / "classification_report.csv", index=False)
-            (out / "classification_report.json").write_text(
-                json.dumps(report_to_dict(report), indent=2, default=float))
-            (out / "thresholds.json").write_text(json.dumps(
-                dict(zip(f1, [float(t) for t in result.thresholds], strict=True)), indent=2))
-            (out / "config.json").write_text(mask_url(json.dumps(config, indent=2, default=str)))
-            files = ["classification_report.csv", "classification_report.json",
-                     "thresholds.json", "config.json"]
-            if slices is not None:
-                slices.long().to_csv(out / "slices.csv", index=False)
-                files.append("slices.csv")
-            try:
-                plots.training_curves(result.history, out / "curves.png",
-                                      title=f"trial {self.trial_number}")
-                files.append("curves.png")
-            except Exception as e:  # noqa: BLE001 - a plot must never fail the trial
-                log.warning("skipped curves.png for trial %d: %s", self.trial_number,
-                            one_line(str(e), 200))
-            for name in files:
-                self.tracker.call("log artifact", self.tracker.client.log_artifact,
-                                   self.run_id, str(out / name))
+        self.tracker.log_batch(self.run_id, metrics=[
+            Metric(k, v, now, 0) for k, v in best_epoch_metrics(result).items()])
+        f1 = f1_by_attribute(result.report)
+        title = f"trial {self.trial_number}"
+        self._log_files(lambda out: write_result_files(result, out, title) + (
+            [] if self.config_logged else [write_config(config, out)]))
+        self.config_logged = True
         ckpt = getattr(result, "checkpoint_path", None)
         if log_checkpoint and ckpt is not None and Path(ckpt).is_file():
             self._log_checkpoint(Path(ckpt))
@@ -209,6 +217,8 @@ class TrialRun(RunHandle):
         """End the run: COMPLETE -> FINISHED, PRUNED -> KILLED (tag state=PRUNED,
         pruned_at_epoch; the name gets ` [pruned@N]` and the description says so, since the UI
         shows KILLED and FAILED alike), FAIL -> FAILED (tag error = the reason, masked, one line).
+        A pruned run gets curves.png of the epochs it logged, as a finished one has from
+        `log_result` (not a failed one: a stopping worker would wait for the drawing).
 
         Meant for a `finally:` block: with `quiet` (the default) a store that stays
         unreachable is logged as a warning, not raised, so the trial's own error is what the
@@ -226,6 +236,8 @@ class TrialRun(RunHandle):
             tags.append(RunTag("pruned_at_epoch", str(pruned_at)))
         if reason:
             tags.append(RunTag("error" if state == "FAIL" else "reason", one_line(reason)))
+        if state == "PRUNED" and self.history:
+            self._log_pruned_curves()
         try:
             if state in ("PRUNED", "FAIL"):
                 tags += self._end_name_and_note(state, reason, pruned_at)
@@ -239,6 +251,15 @@ class TrialRun(RunHandle):
             return False
         self.ended = True
         return True
+
+    def _log_pruned_curves(self) -> None:
+        """curves.png of a pruned run; a store that refuses it is a warning (the run still
+        ends, with its curves as metrics)."""
+        title = f"trial {self.trial_number} (pruned)"
+        try:
+            self._log_files(lambda out: write_curves(self.history, out, title))
+        except TrackingError as e:
+            log.warning("no curves.png for pruned trial %d: %s", self.trial_number, e)
 
     def _end_name_and_note(self, state: str, reason: str | None, pruned_at: int | None
                            ) -> list[RunTag]:

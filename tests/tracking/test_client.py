@@ -88,11 +88,12 @@ def test_parent_run_belongs_to_one_study_key(tracker):
     assert parent.data.tags["celebhpo.study_key"] == "k1"
     assert parent.data.tags["storage"] == "sqlite:////tmp/a.db"
     assert parent.data.params["data.image_size"] == "32"
-    # searched keys: their range or choices, never their base value (it never trained)
-    assert "train.lr" not in parent.data.params and "train.dropout" not in parent.data.params
-    assert json.loads(parent.data.params["space.lr"]) == [1e-3, 1e-2]
-    assert json.loads(parent.data.params["space.dropout"]) == {"low": 0.1, "high": 0.5,
+    # searched keys: their range or choices, never their base value (it never trained),
+    # under the name a trial's run gives its value
+    assert json.loads(parent.data.params["train.lr"]) == [1e-3, 1e-2]
+    assert json.loads(parent.data.params["train.dropout"]) == {"low": 0.1, "high": 0.5,
                                                                "log": False}
+    assert not [k for k in parent.data.params if k.startswith("space")]
     assert parent.data.params["train.arch"] == "tiny"  # not searched: logged
     assert parent.info.status == "RUNNING"  # the study has trials to run
     # another study of the same name (a fresh storage, another storage): the same
@@ -137,16 +138,18 @@ def test_trial_lifecycle_metrics_artifacts(tracker, tmp_path):
     assert run.data.tags["device"] == "cpu"
     assert run.data.tags["host"] == socket.gethostname()
     assert run.data.params["train.arch"] == "tiny"
-    assert run.data.metrics["best/epoch"] == 3
-    assert run.data.metrics["best/val_loss"] == pytest.approx(1.1 / 3)
-    assert not [k for k in run.data.metrics if k.startswith("best_")]
+    assert run.data.params["train.lr"] == "0.001" and "space" not in run.data.params
+    assert run.data.metrics["best_epoch/epoch"] == 3
+    # the best epoch's val_loss is the curve's point at that epoch, not a metric of its own
+    assert not [k for k in run.data.metrics if k.startswith("best/") or k == "best_epoch/val_loss"]
     history = client.get_metric_history(done.run_id, "val_loss")
     assert [(m.step, round(m.value, 6)) for m in history] == [
         (1, 1.1), (2, 0.55), (3, round(1.1 / 3, 6))]
     assert len(client.get_metric_history(done.run_id, "images_per_s")) == 3
     names = {f.path for f in client.list_artifacts(done.run_id)}
     assert names == {"classification_report.csv", "classification_report.json",
-                     "thresholds.json", "curves.png", "config.json", "model.pt"}
+                     "classification_report.png", "thresholds.json", "best_epoch.json",
+                     "curves.png", "config.json", "model.pt"}
     got = download_checkpoint(tracker, done.run_id, tmp_path / "dl")
     assert got.name == "model.pt" and got.read_bytes() == fit.checkpoint_path.read_bytes()
     thr = json.loads(Path(client.download_artifacts(done.run_id, "thresholds.json",
@@ -248,8 +251,8 @@ def test_refresh_parent_logs_summaries(tracker, tmp_path):
     assert {Path(f.path).name for f in client.list_artifacts(parent, "summary")} == (
         pngs | {"report.html"})
     run = client.get_run(parent)
-    assert run.data.metrics["best/trial_number"] == 0
-    assert run.data.metrics["best/value"] == 0.5
+    assert run.data.metrics["study_best/trial_number"] == 0
+    assert run.data.metrics["study_best/value"] == 0.5
     assert run.data.metrics["trials/finished"] == 3
     csv = client.download_artifacts(parent, "leaderboard.csv", str(tmp_path))
     assert pd.read_csv(csv)["value"].tolist() == [0.5, 1.5, 2.5]

@@ -1,5 +1,5 @@
 """The parent run as a user sees it on a real `mlflow server` (REST): its status through a
-study's life, the best trial's tag moving, `best/` metrics, the offline report."""
+study's life, the best trial's tag moving, `study_best/` metrics, the offline report."""
 
 from __future__ import annotations
 
@@ -54,6 +54,7 @@ def _trial(tracker, exp, parent, study, tmp_path, lr, dropout, value, epochs=2):
         run.log_epoch(h["epoch"], h)
         trial.report(h["val_loss"], h["epoch"])
     trial.set_user_attr("f1_by_attribute", {a: value / 3 for a in ATTRS})
+    trial.set_user_attr("val_loss", fit.best_metrics["val_loss"])  # its best epoch's
     trial.set_user_attr("mlflow_run_id", run.run_id)
     run.log_result(fit, CONFIG, log_checkpoint=False)
     run.end("COMPLETE")
@@ -86,10 +87,10 @@ def test_parent_status_best_tag_and_offline_report(tracking_server, tmp_path):
     assert tags["celebhpo.best_run_id"] == second
     assert tags["celebhpo.best_run_name"] == "t001 lr=0.01 p=0.1"
     assert f"#/experiments/{exp}/runs/{second}" in tags["mlflow.note.content"]
-    assert metrics["best/trial_number"] == 1 and metrics["best/value"] == 0.4
-    assert metrics["best/epoch"] == 3  # the best trial's own best/ metrics, copied
-    assert metrics["best/val_loss"] == pytest.approx(1.1 / 3)
-    assert not [k for k in metrics if k.startswith("best_")]
+    assert metrics["study_best/trial_number"] == 1 and metrics["study_best/value"] == 0.4
+    assert metrics["study_best/epoch"] == 3  # the best trial's own best_epoch/ metrics
+    assert metrics["study_best/val_loss"] == pytest.approx(1.1 / 3)  # at its best epoch
+    assert not [k for k in metrics if k.startswith(("best/", "best_epoch/"))]
 
     # the last grid point fails: the grid is done, the study FINISHED
     trial = study.ask(DISTS)

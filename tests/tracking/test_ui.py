@@ -9,7 +9,7 @@ from celebhpo.cli import cli
 from celebhpo.errors import TrackingError
 from celebhpo.tracking import Tracker, create_study_run
 from celebhpo.tracking.ui import runs_url, ui_launch
-from tests.helpers import CONFIG
+from tests.helpers import CONFIG, free_port
 
 
 def test_ui_refuses_a_folder_without_a_store(tmp_path, monkeypatch):
@@ -28,16 +28,17 @@ def test_ui_prints_the_runs_table_url_of_each_study(tmp_path):
     tracker = Tracker(uri, retries=0)
     exp_a, _ = create_study_run(tracker, "alpha", CONFIG)
     exp_b, _ = create_study_run(tracker, "beta", CONFIG)
-    argv, lines = ui_launch(uri, host="127.0.0.1", port=5123, study="beta")
-    assert argv[argv.index("--port") + 1] == "5123"
-    assert lines[-1] == (f"open http://127.0.0.1:5123/#/experiments/{exp_b}/runs"
+    port, other = free_port(), free_port()  # the ports are checked for being free
+    argv, lines = ui_launch(uri, host="127.0.0.1", port=port, study="beta")
+    assert argv[argv.index("--port") + 1] == str(port)
+    assert lines[-1] == (f"open http://127.0.0.1:{port}/#/experiments/{exp_b}/runs"
                          "?workflowType=machine_learning")
-    _, lines = ui_launch(uri, host="0.0.0.0", port=5000)
+    _, lines = ui_launch(uri, host="0.0.0.0", port=other)
     assert lines[1:] == ["open a study's runs:",
-                         f"  beta: {runs_url('127.0.0.1', 5000, exp_b)}",
-                         f"  alpha: {runs_url('127.0.0.1', 5000, exp_a)}"]
+                         f"  beta: {runs_url('127.0.0.1', other, exp_b)}",
+                         f"  alpha: {runs_url('127.0.0.1', other, exp_a)}"]
     with pytest.raises(TrackingError, match=r"no experiment for study 'gamma'.*alpha"):
-        ui_launch(uri, host="127.0.0.1", port=5000, study="gamma")
+        ui_launch(uri, host="127.0.0.1", port=other, study="gamma")
     result = CliRunner().invoke(cli, ["ui", "--study", "gamma", "--tracking-uri", uri])
     assert result.exit_code == 1 and "--study" in result.output
 
