@@ -80,7 +80,7 @@ def data_synth(out: Path, n: int, seed: int) -> None:
 @click.option("--layout", type=click.Choice(["auto", "kaggle", "official", "torchvision"]),
               default="auto", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where to write the two PNG plots (default: ROOT/inspect).")
+              help="Where the two PNG plots go (default: ROOT/inspect, else ./inspect-NAME).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def data_inspect(root: Path, layout: str, out_dir: Path | None, as_json: bool) -> None:
     """Split counts, attribute balance and correlations of a CelebA folder.
@@ -89,10 +89,10 @@ def data_inspect(root: Path, layout: str, out_dir: Path | None, as_json: bool) -
 
     Example: celebhpo data inspect data/synthetic
     """
-    from celebhpo.data import inspect_dataset
+    from celebhpo.data import default_plot_dir, inspect_dataset
     from celebhpo.report import format_inspect
 
-    report = inspect_dataset(root, layout=layout, out_dir=out_dir or root / "inspect")
+    report = inspect_dataset(root, layout=layout, out_dir=out_dir or default_plot_dir(root))
     click.echo(json.dumps(report, indent=2) if as_json else format_inspect(report))
 
 
@@ -348,12 +348,13 @@ def predict_cmd(model: Path, inputs: tuple[Path, ...], fmt: str, threshold: str,
 @click.option("--slices", default=None, metavar="A,B", help="Group the images by these "
               "attributes' true labels (at most 4) and report each group's accuracy and the "
               "worst group's; default: the checkpoint's [study] slices; \"\" = off.")
+@click.option("--all", "whole_split", is_flag=True, help="The whole split, not the study's subset.")
 def evaluate_cmd(model: Path, data_root: Path, split: str, out_dir: Path | None,
-                 threshold: str, slices: str | None) -> None:
+                 threshold: str, slices: str | None, whole_split: bool) -> None:
     """Metrics and the per-attribute report of a model on a CelebA-layout folder.
 
-    The metrics are given at --threshold and at 0.5, side by side, each column named; then
-    the subgroups (Male x Young by default) and the attributes with the largest gaps.
+    On the study's subset of the split, as its card (--all: the whole split): metrics at
+    --threshold and at 0.5 side by side, the subgroups, the attributes with the largest gaps.
 
     Example: celebhpo evaluate best/ data/synthetic --split test --slices Male,Young --out eval/
     """
@@ -362,7 +363,7 @@ def evaluate_cmd(model: Path, data_root: Path, split: str, out_dir: Path | None,
 
     names = None if slices is None else [s.strip() for s in slices.split(",") if s.strip()]
     result = evaluate(model, data_root, split=split, out_dir=out_dir, threshold=threshold,
-                      slices=names)
+                      slices=names, whole_split=whole_split)
     click.echo(format_evaluation(result))
 
 
@@ -392,12 +393,14 @@ def retrieve_cmd(model: Path, image_dir: Path, where: str, top: int, min_score: 
     Example: celebhpo retrieve best/ photos/ --where "(Blond_Hair or Gray_Hair) and Smiling"
     """
     from celebhpo.inference import load_model, retrieve
-    from celebhpo.report import format_retrieval
+    from celebhpo.report import format_empty_retrieval, format_retrieval
 
     predictor = load_model(model, backend=backend)
     result = retrieve(predictor, image_dir, where, top=top, min_score=min_score, sheet=sheet,
                       progress=True, threshold=threshold)
     click.echo(format_retrieval(result, fmt=fmt))
+    if result.empty is not None and fmt != "table":  # why, beside the empty csv/json
+        click.echo(format_empty_retrieval(result), err=True)
     if sheet:
         click.echo(f"contact sheet: {sheet}", err=True)
 

@@ -18,15 +18,26 @@ __all__ = ["CONTEXT", "Group", "backend_option", "device_option", "no_progress_o
 
 
 class Group(click.Group):
-    """Turns our typed errors, OSErrors and warnings into one clean line each, wherever in the
-    command tree they rise; a worker stopped by Ctrl-C/SIGTERM (celebhpo.stopping), which has
-    said what it did, into exit code 130/143 like a shell's."""
+    """Turns our typed errors, click's usage errors (a bad option value, a missing argument,
+    an unknown command: click's own are three lines and exit 2), OSErrors and warnings into
+    one clean line each (exit 1), wherever in the command tree they rise; a worker stopped
+    by Ctrl-C/SIGTERM (celebhpo.stopping), which has said what it did, into exit code
+    130/143 like a shell's."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:  # the top command's own options are parsed here, outside invoke
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as e:
+            raise _one_line(e) from None
 
     def invoke(self, ctx: click.Context):
         try:
             with warnings.catch_warnings():
                 warnings.showwarning = lambda msg, *_, **__: click.echo(f"warning: {msg}", err=True)
                 return super().invoke(ctx)
+        except click.UsageError as e:
+            raise _one_line(e) from None
         except CelebhpoError as e:
             raise click.ClickException(mask_url(str(e))) from None
         except Interrupted as e:
@@ -37,6 +48,17 @@ class Group(click.Group):
             from celebhpo._io import describe_os_error
 
             raise click.ClickException(mask_url(describe_os_error(e))) from None
+
+
+def _one_line(e: click.UsageError) -> click.ClickException | click.UsageError:
+    """click's usage error as one line naming the command's help, for exit 1; a bare group
+    (`celebhpo study`), which shows its help, stays as click shows it."""
+    if isinstance(e, click.exceptions.NoArgsIsHelpError):
+        return e
+    # named as the user types it, whatever the program was started as (`python -m`, a test)
+    where = " ".join(["celebhpo", *(e.ctx.command_path.split()[1:] if e.ctx else [])])
+    message = e.format_message().rstrip(".")
+    return click.ClickException(mask_url(f"{message}; see `{where} -h`"))
 
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

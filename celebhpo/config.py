@@ -98,7 +98,7 @@ class DataConfig:
     image_size: int = 64
     crop: Literal["squash", "center"] = "squash"
     on_bad_image: Literal["skip", "fail"] = "skip"
-    cache_dir: str = ""  # "" = ROOT/.celebhpo-cache
+    cache_dir: str = ""  # "" = ROOT/.celebhpo-cache, or the user cache dir if ROOT is read-only
     mean: list[float] = field(default_factory=list)  # [] = follow the weights (ImageNet stats)
     std: list[float] = field(default_factory=list)
 
@@ -164,6 +164,8 @@ class StudyConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     space: dict[str, Dimension] = field(default_factory=dict)
     source: str = "<config>"  # where it was loaded from, for messages; not stored
+    # searched keys that a `--set` fixed (key -> "lr=0.1"), for messages; not stored
+    fixed_by_set: dict[str, str] = field(default_factory=dict)
 
     # -- serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -203,13 +205,19 @@ class StudyConfig:
         return new
 
     def with_overrides(self, overrides: list[str]) -> StudyConfig:
-        """Apply `--set key=value` items: `train.lr=0.01`, `data.image_size=32`, or `lr=0.01`."""
+        """Apply `--set key=value` items: `train.lr=0.01`, `data.image_size=32`, or `lr=0.01`;
+        `study.constraints.max_params_m=1` sets one entry of a table, keeping the others."""
         new = copy.deepcopy(self)
         for section, key, value in parse_overrides(overrides):
             target = getattr(new, section)
+            key, _, entry = key.partition(".")
+            if entry:  # one entry of a table (parse_overrides checked it is one)
+                value = {**getattr(target, key), entry: value}
             setattr(target, key, _coerce(type(target), key, value, "--set", section))
             # a fixed value beats a searched one
-            new.space.pop(key if section == "train" else f"{section}.{key}", None)
+            searched = key if section == "train" else f"{section}.{key}"
+            if new.space.pop(searched, None) is not None:
+                new.fixed_by_set[searched] = f"{searched}={value}"
             if (section, key) == ("study", "metric"):
                 new.study.objectives = []  # the new metric(s) replace the old list
         new.validate()
@@ -243,6 +251,13 @@ class StudyConfig:
                     f"(e.g. {key} = [...]), or create the study without --grid"
                 )
             out[key] = list(dim.choices)
+        if not out and self.fixed_by_set:
+            keys, sets = ", ".join(self.fixed_by_set), " ".join(
+                f"--set {v}" for v in self.fixed_by_set.values())
+            raise ConfigError(
+                f"{sets} fixes {keys}, which {self.source} searches in [space], and leaves the "
+                f"grid nothing to search; drop {sets} to grid-search {keys}, or train that one "
+                f"value with `celebhpo train {self.source} {sets}`")
         if not out:
             raise ConfigError(f"{self.source}: [space] is empty; a grid needs at least one list")
         return out
@@ -332,7 +347,12 @@ def parse_overrides(items: list[str]) -> list[tuple[str, str, Any]]:
                 )
         else:
             section = next((s for s, c in sections.items() if key in _field_types(c)), "train")
-        _check_keys({key: None}, list(_field_types(sections[section])), "--set", f"[{section}] key")
+        _check_keys({key.partition(".")[0]: None}, list(_field_types(sections[section])), "--set",
+                    f"[{section}] key")
+        head, _, entry = key.partition(".")
+        if entry and not isinstance(getattr(sections[section](), head), dict):
+            raise ConfigError(f"--set {item!r}: [{section}] {head} is not a table; use "
+                              f"--set {section}.{head}=VALUE")
         try:
             value = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:

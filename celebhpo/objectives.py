@@ -3,8 +3,13 @@ and the constraints it must meet (`[study] metric` and `[study] constraints`).
 
 - Epoch metrics are measured on validation after every epoch; the first one a study names
   picks the best epoch, early-stops and prunes.
-- Trial metrics are measured once, on the finished model: `latency_ms` (ms per image at
-  batch 1, on the trial's device) and `params_m` (parameters in millions).
+- Trial metrics are measured once per configuration, on the finished model: `gflops` (the
+  cost of one image's forward, the same on every machine: what a front or a bound should use
+  by default), `latency_ms` (ms per image at batch 1 on the trial's device, 1 CPU thread:
+  only as good as the machine was quiet) and `params_m` (parameters in millions).
+- A latency is noisy (`latency_noise`) when its spread (IQR / median) is over 20% or the
+  measuring thread was on a core less than 90% of the wall time: measured again, then
+  flagged in `study show`.
 - A constraint is met when its value `violation` is <= 0 (Optuna's `constraints_func`
   convention); a value the trial never measured counts as not met.
 """
@@ -18,17 +23,27 @@ from typing import Any, TypeVar
 from celebhpo._typed import suggest
 from celebhpo.errors import ConfigError
 
-__all__ = ["CONSTRAINTS", "EPOCH_METRICS", "METRICS", "TRIAL_METRICS", "best_of", "better",
-           "check_study", "describe", "direction_of", "feasible", "violations"]
+__all__ = ["CONSTRAINTS", "EPOCH_METRICS", "MEASURED", "METRICS", "TRIAL_METRICS", "best_of",
+           "better", "check_study", "describe", "direction_of", "feasible", "latency_noise",
+           "violations"]
 
 EPOCH_METRICS = {"val_loss": "minimize", "val_mean_acc": "maximize", "val_map": "maximize",
                  "val_balanced_acc": "maximize", "val_mean_acc_reliable": "maximize",
                  "val_worst_group_acc": "maximize"}
-TRIAL_METRICS = {"latency_ms": "minimize", "params_m": "minimize"}
+TRIAL_METRICS = {"latency_ms": "minimize", "params_m": "minimize", "gflops": "minimize"}
 METRICS = {**EPOCH_METRICS, **TRIAL_METRICS}
+# what a trial measures of its finished model (stored and logged): the trial metrics, and how
+# far its latency can be trusted (training.latency)
+MEASURED = (*TRIAL_METRICS, "latency_ms_b64", "latency_spread", "latency_cpu_share",
+            "latency_threads")
 # constraint key -> (the trial value it bounds, "max" = at most / "min" = at least)
-CONSTRAINTS = {"max_params_m": ("params_m", "max"), "max_latency_ms": ("latency_ms", "max"),
+CONSTRAINTS = {"max_params_m": ("params_m", "max"), "max_gflops": ("gflops", "max"),
+               "max_latency_ms": ("latency_ms", "max"),
                "min_worst_group_acc": ("val_worst_group_acc", "min")}
+LATENCY_MAX_SPREAD = 0.2  # IQR / median
+# the measuring thread's CPU time / wall time (1 CPU thread): >= 0.97 on a quiet machine; a
+# thread off its core for 10% shares caches and memory with whatever took it, and runs slower
+LATENCY_MIN_CPU_SHARE = 0.9
 
 
 def direction_of(metric: str) -> str:
@@ -80,6 +95,19 @@ def violations(values: dict[str, Any], constraints: dict[str, float]) -> dict[st
 
 def feasible(values: dict[str, Any], constraints: dict[str, float]) -> bool:
     return all(v <= 0 for v in violations(values, constraints).values())
+
+
+def latency_noise(figures: dict[str, Any]) -> str:
+    """Why the latency in `figures` (a trial's user attrs, or training.latency's result) is
+    not to be trusted: "spread 34%" and/or "on-CPU 61%" (of the wall time); "" when it is, or
+    when nothing says (a trial from before these were measured)."""
+    spread, share = figures.get("latency_spread"), figures.get("latency_cpu_share")
+    why = []
+    if spread is not None and float(spread) > LATENCY_MAX_SPREAD:
+        why.append(f"spread {float(spread):.0%}")
+    if share is not None and float(share) < LATENCY_MIN_CPU_SHARE:
+        why.append(f"on-CPU {float(share):.0%}")
+    return ", ".join(why)
 
 
 def describe(constraints: dict[str, float]) -> str:

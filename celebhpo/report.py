@@ -26,8 +26,9 @@ def format_table(df: pd.DataFrame, fmt: str = "table", floatfmt: str = "{:.4g}")
     """`table` (aligned, for a terminal), `csv` or `json` (records)."""
     if fmt == "csv":
         return df.to_csv(index=False).rstrip("\n")
-    if fmt == "json":
-        return df.to_json(orient="records", indent=2)
+    if fmt == "json":  # pandas escapes every "/" as "\/" (valid JSON, but paths unreadable);
+        # a "\/" is always pandas' escape: a backslash of the text is written "\\"
+        return df.to_json(orient="records", indent=2).replace("\\/", "/")
     if df.empty:
         return "(empty)"
     # missing values print as "-" (to_string leaves <NA> in nullable int columns as is)
@@ -187,7 +188,8 @@ def format_evaluation(result: Evaluation) -> str:
     skipped = metrics.get("skipped", [])
     label = metrics["threshold"]
     lines = [f"{metrics['split']} split of {metrics['data_root']}: {metrics['n_images']} images"
-             + (f" ({len(skipped)} unreadable, skipped)" if skipped else "")]
+             + (f" ({len(skipped)} unreadable, skipped)" if skipped else "")
+             + (f", {metrics['selection']}" if metrics.get("selection") else "")]
     chosen, half = metrics[label], metrics["0.5"]
     width = max(len(k) for k in chosen)
     heads = [f"at {label}", "at 0.5"][: 1 if label == "0.5" else 2]
@@ -235,10 +237,33 @@ def format_retrieval(result: RetrievalResult, fmt: str = "table") -> str:
     lines = [head]
     if len(result.frame):
         lines.append(format_table(result.frame, "table", "{:.3f}"))
+    if result.empty is not None:
+        lines.append(format_empty_retrieval(result))
     if result.skipped:
         lines.append(f"{len(result.skipped)} unreadable images skipped: "
                      + ", ".join(n for n, _ in result.skipped[:10])
                      + (" ..." if len(result.skipped) > 10 else ""))
+    return "\n".join(lines)
+
+
+def format_empty_retrieval(result: RetrievalResult) -> str:
+    """Why nothing matched: each attribute's highest probability against its threshold, then
+    the closest faces, each with what kept it out (`short_of`)."""
+    e = result.empty
+    if e is None:
+        return ""
+    lines = []
+    if e.n_threshold_matches:
+        lines.append(f"{e.n_threshold_matches} images pass the thresholds but score below "
+                     f"--min-score {e.min_score:g}")
+    for r in e.attributes:
+        low = f", lowest {r.lowest:.3f}" if r.wanted != "present" else ""
+        lines.append(f"{r.attribute}: highest {r.highest:.3f} ({r.highest_image}){low} vs "
+                     f"threshold {r.threshold:.3f}: above it in {r.n_above} of "
+                     f"{result.n_images} images")
+    lines.append(f"the {len(e.closest)} closest, none a match (short_of: on the wrong side of "
+                 "the threshold):")
+    lines.append(format_table(e.closest, "table", "{:.3f}"))
     return "\n".join(lines)
 
 

@@ -306,3 +306,25 @@ def all_commands(group: click.Group = cli, prefix: tuple[str, ...] = ()):
 
 
 COMMANDS = [" ".join(path) for path, _ in all_commands()]
+
+
+# -- an exported model, untrained ----
+def write_tiny_model(folder: Path, size: int = 16, threshold: float = 0.5) -> Path:
+    """An export folder holding a seeded, untrained tiny model.pt (`size` px, squash, one
+    threshold for every attribute): what predict and retrieve take, in a second."""
+    import torch
+
+    from celebhpo.data import IMAGENET_MEAN, IMAGENET_STD
+    from celebhpo.training.checkpoint import Checkpoint
+    from celebhpo.training.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny", num_labels=40, num_features=16, dropout=0.0).eval()
+    Checkpoint(
+        arch="tiny", state_dict=model.state_dict(), attributes=list(ATTRIBUTES),
+        config={"data": {"image_size": size, "crop": "squash"},
+                "train": {"arch": "tiny", "num_features": 16, "dropout": 0.0}},
+        mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), thresholds=[threshold] * 40,
+        metrics={}, epoch=1,
+    ).save(folder / "model.pt")
+    return folder

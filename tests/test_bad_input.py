@@ -236,9 +236,9 @@ def test_retrieve_top_below_one_is_refused(top, model_dir, synth_root, tmp_path,
     photos = faces(synth_root, tmp_path / "photos")
     result = CliRunner().invoke(cli, ["retrieve", str(model_dir), str(photos), "--where",
                                       "not Bald or Bald", "--top", top])
-    assert result.exit_code == 2
-    assert lines(result.output)[-1] == (f"Error: Invalid value for '--top': {top} is not in the "
-                                        "range x>=1.")
+    assert result.exit_code == 1  # one line, exit 1, as every error (issue 24)
+    assert lines(result.output) == [f"Error: Invalid value for '--top': {top} is not in the "
+                                     "range x>=1; see `celebhpo retrieve -h`"]
     assert not cache_env.exists()  # nothing predicted
 
 

@@ -18,6 +18,7 @@ from celebhpo.data.images import load_image
 from celebhpo.data.inspect import inspect_dataset
 from celebhpo.data.layouts import ATTRIBUTES, CelebA, read_celeba, select_split
 from celebhpo.data.loader import IMAGENET_MEAN, IMAGENET_STD, BatchLoader, normalize
+from celebhpo.data.places import default_cache_dir, default_plot_dir, user_cache_dir
 from celebhpo.data.synth import VISIBLE_ATTRIBUTES, synthesize
 from celebhpo.errors import DataError, did_you_mean
 from celebhpo.stopping import StopRequest
@@ -28,9 +29,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ATTRIBUTES", "IMAGENET_MEAN", "IMAGENET_STD", "VISIBLE_ATTRIBUTES", "BatchLoader", "CelebA",
     "DataBundle", "DecodedImages", "SplitData", "check_split_sizes", "decode_images",
-    "default_cache_dir",
+    "default_cache_dir", "default_plot_dir",
     "inspect_dataset", "load_data", "load_image", "normalize", "read_celeba", "select_split",
-    "synthesize",
+    "synthesize", "user_cache_dir",
 ]
 
 
@@ -55,10 +56,6 @@ class DataBundle:
 
     def __getitem__(self, split: str) -> SplitData:
         return self.splits[split]
-
-
-def default_cache_dir(root: str | Path) -> Path:
-    return Path(root) / ".celebhpo-cache"
 
 
 def load_data(cfg: DataConfig, splits: Sequence[str] = ("train", "val"),

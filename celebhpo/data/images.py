@@ -23,6 +23,9 @@ from PIL import ExifTags, Image, ImageOps
 from celebhpo.errors import DataError
 
 CROPS = ("squash", "center")
+# the smallest side a face photo may have: below it there is no face to see, and a model
+# would still answer confidently (a 1x1 image came out Male 0.991)
+MIN_SIDE = 16
 # 16-bit grayscale modes; "I" (32-bit) is what 16-bit PGMs (and PNGs in older PIL) open as
 _WIDE_GRAY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -33,7 +36,8 @@ def load_image(path: str | Path, size: int, crop: str = "squash") -> np.ndarray:
     JPEGs are decoded at a reduced scale first (libjpeg DCT scaling via `draft`), which is both
     faster and no worse than resizing the full image. `crop`: "squash" resizes the whole image
     to S x S like the original notebooks; "center" takes the centered square first. Raises
-    DataError("PATH: reason") for a missing, unreadable or truncated file.
+    DataError("PATH: reason") for a missing, unreadable or truncated file, or an image with a
+    side under MIN_SIDE pixels.
     """
     if crop not in CROPS:
         raise DataError(f"unknown crop {crop!r}; use squash or center")
@@ -82,6 +86,9 @@ def _bomb_pixels(e: Exception) -> str:
 def _decode(path: Path, size: int, crop: str) -> np.ndarray:
     """draft -> upright -> RGB -> crop and resize; PIL's errors pass through to load_image."""
     with Image.open(path) as src:
+        if min(src.size) < MIN_SIDE:
+            raise DataError(f"{path}: image is {src.width}x{src.height} pixels, below the "
+                            f"{MIN_SIDE}x{MIN_SIDE} minimum (too small to show a face)")
         if src.format == "JPEG":
             # before anything decodes; a square request keeps both sides >= size in either
             # orientation, so the transpose below cannot make a side too small

@@ -94,6 +94,7 @@ def read_celeba(root: str | Path, layout: str = "auto") -> CelebA:
     ids, labels = _read_attributes(attr_file, csv=attr_file.suffix == ".csv")
     part_ids, parts = _read_partition(part_file, csv=part_file.suffix == ".csv")
     _check_ids(ids, attr_file)
+    _check_case(image_dir, ids, attr_file)
     row_of = {i: n for n, i in enumerate(ids)}
     no_labels = [i for i in part_ids if i not in row_of]
     if no_labels:
@@ -167,6 +168,7 @@ def _read_attributes(path: Path, csv: bool) -> tuple[list[str], np.ndarray]:
     if len(lines) <= first:
         raise DataError(f"{path}: no header line with the attribute names")
     names = _split(lines[first], csv)
+    _no_index_column(path, names)
     if csv:
         names = names[1:]  # the image_id column
     elif names and names[0].lower() in ("image_id", "filename", "file"):
@@ -225,6 +227,8 @@ def _read_partition(path: Path, csv: bool) -> tuple[list[str], np.ndarray]:
         if not line.strip():
             continue
         fields = _split(line, csv)
+        if n == 1:
+            _no_index_column(path, fields)
         if n == 1 and len(fields) == 2 and fields[1] not in ("0", "1", "2") \
                 and not fields[1].lstrip("-").isdigit():
             continue  # the header: image_id,partition
@@ -245,6 +249,15 @@ def _read_partition(path: Path, csv: bool) -> tuple[list[str], np.ndarray]:
     return ids, np.array(parts, dtype=np.int8)
 
 
+def _no_index_column(path: Path, header: list[str]) -> None:
+    """DataError when the header starts with a column before `image_id`: the row index that
+    pandas' `to_csv` writes unless told `index=False` (its ids would be 0, 1, 2 ...)."""
+    if len(header) > 2 and header[1].lower() in ("image_id", "filename", "file"):
+        raise DataError(f"{path}:1: an extra first column ({header[0]!r}) before "
+                        f"{header[1]!r}, as pandas' to_csv writes without index=False; remove "
+                        "that column so image ids come first")
+
+
 def _check_ids(ids: list[str], path: Path) -> None:
     """No duplicates, and every id names a file inside the image folder."""
     if len(set(ids)) != len(ids):
@@ -254,6 +267,24 @@ def _check_ids(ids: list[str], path: Path) -> None:
     for i in ids:
         if not i or "/" in i or "\\" in i or i.startswith("."):
             _check_id_path(i, path)
+
+
+def _check_case(image_dir: Path, ids: list[str], path: Path) -> None:
+    """DataError when most ids name their files in another case (000001.jpg in the labels,
+    000001.JPG on disk): every such image would be "file not found" on a case-sensitive disk.
+    One stat when the first id is there."""
+    if (image_dir / ids[0]).exists():
+        return
+    try:
+        on_disk = {name.lower(): name for name in os.listdir(image_dir)}
+    except OSError:
+        return
+    cased = [i for i in ids if on_disk.get(i.lower(), i) != i]
+    if 2 * len(cased) > len(ids):
+        raise DataError(f"{image_dir / cased[0]}: file not found, but "
+                        f"{on_disk[cased[0].lower()]} is there: {len(cased)} of {len(ids)} ids "
+                        f"in {path.name} differ from their files only in case (names are "
+                        "case-sensitive); rename the files or fix the ids to match")
 
 
 def _check_id_path(image_id: str, path: Path) -> None:

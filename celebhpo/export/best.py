@@ -27,7 +27,7 @@ import torch
 
 from celebhpo._io import _concerns, check_writable, output_errors, to_jsonable
 from celebhpo.errors import CelebhpoError, StudyError, disk_message, os_cause
-from celebhpo.export.card import CARD_FILES, model_card, split_metrics
+from celebhpo.export.card import CARD_FILES, model_card, split_metrics, why_chosen
 from celebhpo.export.formats import (
     check_inputs,
     export_onnx,
@@ -48,6 +48,7 @@ from celebhpo.hpo import (
 from celebhpo.inference import EXPORT_FILES, SplitEvaluation
 from celebhpo.inference.evaluate import evaluate_splits
 from celebhpo.tracking import RUN_ID_ATTR, RunHandle, Tracker, download_checkpoint, register_model
+from celebhpo.tracking.trial_files import headline_test_metrics
 from celebhpo.training.checkpoint import Checkpoint
 from celebhpo.training.devices import resolve_device
 
@@ -144,13 +145,15 @@ def _disk_errors(out: Path) -> Iterator[None]:
 
 def _write_back(tracker: Tracker, result: ExportResult, model: torch.nn.Module,
                 ckpt: Checkpoint) -> Any:
-    """The exported trial's run gets the model as an MLflow model (`model`), the test
-    metrics (`test/...`) and the tag `celebhpo.exported` = the export folder."""
+    """The exported trial's run gets the model as an MLflow model (`model`), the headline
+    test metrics (`test/...`: a trial's metrics stay few, the curves first), the whole test
+    table as `test_metrics.json`, and the tag `celebhpo.exported` = the export folder."""
     info = log_mlflow_model(tracker, result.run_id, model, ckpt.decode_size, ckpt.mean,
                             ckpt.std)
-    RunHandle(tracker, result.run_id).log(
-        metrics={f"test/{k}": v for k, v in _leaves(result.metrics["test"]).items()},
-        tags={"celebhpo.exported": result.out.resolve()})
+    RunHandle(tracker, result.run_id).log(metrics=headline_test_metrics(result.metrics["test"]),
+                                          tags={"celebhpo.exported": result.out.resolve()})
+    tracker.call("log artifact", tracker.client.log_dict, result.run_id, {
+        f"test/{k}": v for k, v in _leaves(result.metrics["test"]).items()}, "test_metrics.json")
     return info
 
 
@@ -180,6 +183,7 @@ class _Chosen:
     trial: optuna.trial.FrozenTrial
     run_id: str  # its MLflow run, which holds its checkpoint
     record: StudyRecord  # what its study stores beside Optuna
+    by_user: bool = False  # export-best --trial N
 
     @property
     def value(self) -> float:
@@ -213,7 +217,16 @@ def _choose(study_name: str | None, spec: StorageSpec, number: int | None) -> _C
             "mlflow_run_id); it ran untracked (optimize --no-tracking), so there is no "
             "checkpoint to export"
         )
-    return _Chosen(study, best, run_id, record)
+    if best.user_attrs.get("checkpoint_logged") is False:
+        kept = [t.number for t in study.get_trials(deepcopy=False)
+                if t.user_attrs.get("checkpoint_logged")]
+        raise StudyError(
+            f"trial {best.number} of study '{study.study_name}' kept no checkpoint ([study] "
+            "checkpoints = 'best' keeps one only for a trial that was the best so far when it "
+            "ended, or the closest to constraints no trial met); trials that kept one: "
+            f"{', '.join(map(str, kept)) or 'none'}; to keep every trial's, run a study "
+            "with --set study.checkpoints=all")
+    return _Chosen(study, best, run_id, record, by_user=number is not None)
 
 
 def _export_via(tmp: Path, out: Path, wanted: list[str], chosen: _Chosen, tracker: Tracker,
@@ -232,6 +245,7 @@ def _export_via(tmp: Path, out: Path, wanted: list[str], chosen: _Chosen, tracke
         trial=chosen.trial, metric=metric_name(chosen.study),
         direction=chosen.direction, run_id=chosen.run_id,
         tracking_uri=tracker.uri, evaluations=evaluations, files=names, checks=checks,
+        choice=why_chosen(chosen.study, chosen.trial, by_user=chosen.by_user),
     )
     (tmp / "build" / "model_card.md").write_text(card_md, encoding="utf-8")
     (tmp / "build" / "model_card.json").write_text(

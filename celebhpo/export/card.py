@@ -19,6 +19,7 @@ import math
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from celebhpo._io import to_jsonable
 from celebhpo.data.quality import (
@@ -30,13 +31,21 @@ from celebhpo.data.quality import (
     reliable_definition,
 )
 from celebhpo.errors import mask_url
-from celebhpo.export.card_sections import fmt_value, measured_lines, quality_lines, slice_tables
+from celebhpo.export.card_sections import (
+    choice_lines,
+    fmt_value,
+    measured_lines,
+    quality_lines,
+    slice_tables,
+)
 from celebhpo.export.formats import ATOL, RTOL
+from celebhpo.hpo.results import metric_names, pareto_front
 from celebhpo.inference import EXPORT_FILES, SplitEvaluation
 from celebhpo.inference.evaluate import slice_summary
+from celebhpo.objectives import MEASURED, better
 from celebhpo.training.checkpoint import Checkpoint
 
-__all__ = ["CARD_FILES", "model_card", "split_metrics"]
+__all__ = ["CARD_FILES", "model_card", "split_metrics", "why_chosen"]
 
 CARD_FILES = ("model_card.md", "model_card.json")
 SPLITS = ("val", "test")
@@ -50,13 +59,35 @@ def split_metrics(evaluations: dict[str, SplitEvaluation]) -> dict[str, dict[str
     return {s: {"n_images": ev.n_images, **ev.metrics} for s, ev in evaluations.items()}
 
 
+def why_chosen(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, by_user: bool
+               ) -> dict[str, Any]:
+    """Why `trial` is the one exported: `by` "user" (export-best --trial N) or "best"; its
+    value of each of the study's metrics (`objectives`); its `rank` of `of` COMPLETE trials
+    by the first metric (1 + the trials strictly better); in a study of several metrics the
+    Pareto `front` (trial numbers) and whether it is `on_front` (None with one metric)."""
+    names = metric_names(study)
+    directions = [d.name.lower() for d in study.directions]
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    front = [t.number for t in pareto_front(study)] if len(names) > 1 else None
+    return {
+        "by": "user" if by_user else "best",
+        "objectives": [{"metric": m, "direction": d, "value": float(v)}
+                       for m, d, v in zip(names, directions, trial.values, strict=True)],
+        "rank": 1 + sum(better(t.values[0], trial.values[0], directions[0]) for t in complete),
+        "of": len(complete), "rank_metric": names[0],
+        "front": front, "on_front": None if front is None else trial.number in front,
+    }
+
+
 def model_card(*, ckpt: Checkpoint, study_name: str, storage: str,
                trial: optuna.trial.FrozenTrial, metric: str, direction: str, run_id: str,
                tracking_uri: str, evaluations: dict[str, SplitEvaluation], files: list[str],
-               checks: dict[str, float]) -> tuple[str, dict[str, Any]]:
+               checks: dict[str, float], choice: dict[str, Any] | None = None
+               ) -> tuple[str, dict[str, Any]]:
     """(markdown, JSON-able dict) describing the exported model; `evaluations` are its
     validation and test evaluations (inference.evaluate_splits), `checks` each format's
-    max |diff| of logits."""
+    max |diff| of logits, `choice` why it was chosen (`why_chosen`; None: the best by
+    `metric`, the study's only one)."""
     data, train = ckpt.section("data"), ckpt.section("train")
     attributes = [str(a) for a in ckpt.attributes]
     thresholds = [float(t) for t in ckpt.thresholds]
@@ -66,8 +97,7 @@ def model_card(*, ckpt: Checkpoint, study_name: str, storage: str,
         "study": study_name,
         "storage": storage,
         "trial_number": trial.number,
-        "objective": {"metric": metric, "direction": direction,
-                      "value": _metric_value(trial, metric)},
+        **_why_fields(trial, metric, direction, choice),
         "mlflow": {"tracking_uri": tracking_uri, "run_id": run_id},
         "architecture": ckpt.arch or train.get("arch"),
         "params": dict(trial.params),
@@ -75,9 +105,9 @@ def model_card(*, ckpt: Checkpoint, study_name: str, storage: str,
         "data": {k: data.get(k) for k in ("root", "layout", "image_size", "crop", "train_size",
                                           "val_size", "test_size", "subset", "subset_seed")},
         "best_epoch": ckpt.epoch,
-        # measured when the trial ended (hpo.objective): size, and latency on its device
-        "measured": {k: trial.user_attrs[k] for k in ("params_m", "latency_ms", "latency_ms_b64",
-                                                      "device") if k in trial.user_attrs},
+        # measured when the trial ended (hpo.objective): size, GFLOPs, latency on its device
+        "measured": {k: trial.user_attrs[k] for k in (*MEASURED, "device")
+                     if trial.user_attrs.get(k) is not None},
         "constraints": {k: {"violation": float(v), "met": v <= 0}
                         for k, v in trial.constraints.items()},
         "rule": RULE,
@@ -128,6 +158,19 @@ def _per_attribute(evaluations: dict[str, SplitEvaluation]) -> list[dict[str, An
     return rows
 
 
+def _why_fields(trial: optuna.trial.FrozenTrial, metric: str, direction: str,
+                choice: dict[str, Any] | None) -> dict[str, Any]:
+    """`objective`: the metric that picked the trial's best epoch (with one metric, the
+    trial); `objectives`: every metric of the study with this trial's values; `chosen`: who
+    chose it, its rank, the front (why_chosen)."""
+    objective = {"metric": metric, "direction": direction,
+                 "value": _metric_value(trial, metric)}
+    return {"objective": objective,
+            "objectives": choice["objectives"] if choice else [objective],
+            "chosen": {k: v for k, v in (choice or {"by": "best"}).items()
+                       if k != "objectives"}}
+
+
 def _metric_value(trial: optuna.trial.FrozenTrial, metric: str) -> float:
     """The trial's value of `metric`; in a study of several metrics, its user attr."""
     if len(trial.values) == 1:
@@ -142,13 +185,19 @@ def _markdown(card: dict[str, Any], ckpt: Checkpoint, trial: optuna.trial.Frozen
     metric, direction = card["objective"]["metric"], card["objective"]["direction"]
     size, n_attr = data.get("image_size", "S"), len(ckpt.attributes)
     n = {s: card["metrics"][s]["n_images"] for s in SPLITS}
+    by_user = card["chosen"]["by"] == "user"
+    why = (f"chosen by the user (`export-best --trial {trial.number}`)" if by_user else
+           f"chosen by `{metric}` ({direction}) = {card['objective']['value']:.4f} on "
+           "validation at its best epoch")
     lines = [
-        f"# {card['architecture']} - best trial {trial.number} of study `{card['study']}`",
+        f"# {card['architecture']} - " + (f"trial {trial.number} of study `{card['study']}`, "
+                                          "chosen by the user" if by_user else
+                                          f"best trial {trial.number} of study `{card['study']}`"),
         "",
-        f"Multi-label classifier of {n_attr} face attributes, chosen by `{metric}` "
-        f"({direction}) = {card['objective']['value']:.4f} on validation at its best epoch; evaluated "
-        f"at export on validation ({n['val']} images) and test ({n['test']} images) alike.",
+        f"Multi-label classifier of {n_attr} face attributes, {why}; evaluated at export on "
+        f"validation ({n['val']} images) and test ({n['test']} images) alike.",
         "",
+        *choice_lines(card),
         "## Model",
         f"- architecture: `{card['architecture']}`, pretrained: `{train.get('pretrained')}`",
         "- searched params: " + (", ".join(f"`{k}={v}`" for k, v in trial.params.items())
@@ -219,7 +268,7 @@ def _how_to_load(size: Any, n_attr: int, files: list[str]) -> list[str]:
     lines = ["## How to load",
              "```bash",
              "celebhpo predict DIR face.jpg            # DIR = this folder",
-             "celebhpo evaluate DIR data/celeba --split test --threshold tuned",
+             "celebhpo evaluate DIR data/celeba --split test   # this card's test images; --all: all",
              "```",
              "```python",
              "from celebhpo.inference import load_model, predict",

@@ -1,5 +1,6 @@
-"""The model card's sections beyond the headline metrics: the model's measured size and
-latency with the study's constraints, label quality (all vs reliable attributes) and the
+"""The model card's sections beyond the headline metrics: why this model (the study's
+metrics, its rank, the Pareto front), the model's measured size, cost and latency with the
+study's constraints, label quality (all vs reliable attributes) and the
 subgroup slices. Each takes the card's JSON dict and returns markdown lines."""
 
 from __future__ import annotations
@@ -9,18 +10,54 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["fmt_value", "measured_lines", "quality_lines", "slice_tables"]
+from celebhpo.objectives import latency_noise
+
+__all__ = ["choice_lines", "fmt_value", "measured_lines", "quality_lines", "slice_tables"]
 
 SPLITS = ("val", "test")
 
 
+def choice_lines(card: dict[str, Any]) -> list[str]:
+    """## Why this model: who chose it, its rank by the first metric, its value of every
+    metric of the study and, with several, whether it is on the Pareto front."""
+    c, objectives = card["chosen"], card["objectives"]
+    lines = ["## Why this model",
+             "- chosen by: " + ("the user (`export-best --trial N`), not by the study" if
+                                c["by"] == "user" else "the study: its best completed trial"
+                                + (" that meets the constraints" if card["constraints"]
+                                   else ""))]
+    if c.get("rank") is not None:
+        lines.append(f"- rank {c['rank']} of {c['of']} completed trials by "
+                     f"`{c['rank_metric']}` ({objectives[0]['direction']})")
+    front = c.get("front")
+    if front is not None:
+        listed = ", ".join(map(str, front)) or "none"
+        lines.append(f"- Pareto front of the study's {len(objectives)} metrics: "
+                     + (f"**on it**, one of {len(front)} trials ({listed})" if c["on_front"]
+                        else f"**not on it** (another trial is at least as good on every "
+                             f"metric and better on one); the front holds {len(front)} "
+                             f"trials ({listed})"))
+    lines += ["", "| metric (validation, best epoch; measured) | direction | this trial |",
+              "|---|---|---|"]
+    lines += [f"| {o['metric']} | {o['direction']} | {fmt_value(o['value'])} |"
+              for o in objectives]
+    return [*lines, ""]
+
+
 def measured_lines(card: dict[str, Any]) -> list[str]:
-    """Size and latency as the trial measured them, and the study's constraints."""
+    """Size, cost and latency as the trial measured them, and the study's constraints."""
     m, lines = card["measured"], []
     if "params_m" in m:
-        lines.append(f"- size: {m['params_m']:.2f} M parameters; latency "
+        cost = f", {m['gflops']:.3g} GFLOPs per image" if "gflops" in m else ""
+        threads = (f", {m['latency_threads']:.0f} CPU thread(s)"
+                   if "latency_threads" in m and m.get("device", "cpu") == "cpu" else "")
+        spread = f"; spread {m['latency_spread']:.0%}" if "latency_spread" in m else ""
+        noise = latency_noise(m)
+        lines.append(f"- size: {m['params_m']:.2f} M parameters{cost}; latency "
                      f"{m.get('latency_ms', math.nan):.2f} ms per image at batch 1 on "
-                     f"`{m.get('device', '?')}` (when the trial ended)")
+                     f"`{m.get('device', '?')}`{threads}{spread} (once per configuration "
+                     "in the study)" + (f"; **noisy** ({noise}): compare GFLOPs, or measure "
+                                        "on a quiet machine" if noise else ""))
     if card["constraints"]:
         missed = [k for k, c in card["constraints"].items() if not c["met"]]
         lines.append("- constraints: " + ("all met" if not missed else

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from celebhpo.hpo.owner import is_local, is_owned
 from celebhpo.hpo.retry import DUPLICATE_OF, retry_history
 
-__all__ = ["budget_used", "next_action"]
+__all__ = ["budget_used", "next_action", "no_weights", "pruned_only"]
 
 
 def next_action(trials: list[FrozenTrial], n_trials: int | None, *, grid: bool, heartbeat: bool
@@ -33,16 +33,42 @@ def next_action(trials: list[FrozenTrial], n_trials: int | None, *, grid: bool, 
                  if heartbeat or is_local(t.user_attrs) or not is_owned(t.user_attrs)]
     waiting_for = (f"waiting for trial(s) {', '.join(str(t.number) for t in watchable)} "
                    "running on other workers (to take over if a worker dies)")
+    no_model = pruned_only(trials, grid)
+    no_model = f"; {no_model}" if no_model else ""
     if n_trials is not None:
         used = budget_used(trials)
         if used >= n_trials:
             return ("wait", waiting_for) if watchable else (
-                "done", f"the study holds {used} trials (--trials {n_trials})")
+                "done", f"the study holds {used} trials (--trials {n_trials}){no_model}")
     if not grid:
         return "run", ""
     if any(t.state == TrialState.WAITING for t in trials):
         return "run", ""
-    return ("wait", waiting_for) if watchable else ("done", "the grid is exhausted")
+    return ("wait", waiting_for) if watchable else ("done", f"the grid is exhausted{no_model}")
+
+
+def pruned_only(trials: list[FrozenTrial], grid: bool, name: str = "") -> str:
+    """When every finished trial was pruned (none COMPLETE, none running or queued): the
+    cause and the fix, in one line (optimize's stop reason, export-best's error); else ""."""
+    states = [t.state.name for t in trials]
+    if "PRUNED" not in states or {"COMPLETE", "RUNNING", "WAITING"} & set(states):
+        return ""
+    counts = ", ".join(f"{states.count(s)} {s}" for s in ("PRUNED", "FAIL") if s in states)
+    study = f" of study '{name}'" if name else ""
+    again = "celebhpo study create STUDY_FILE --replace --set study.pruner=none"
+    more = "" if grid else ", or run more trials (optimize --trials N)"
+    return (f"no trial{study} completed ({counts}), and a pruned trial keeps no model to "
+            f"export: create the study again without pruning (`{again}"
+            f"{' --grid' if grid else ''}`) and optimize it{more}")
+
+
+def no_weights(error: Exception, number: int) -> str:
+    """Why a worker stops on weights it cannot have (hpo.trial: a ModelError re-queues its
+    trial), and the two ways out, in one line: a study keeps the config it was created with."""
+    return (f"{error}. Every trial would fail the same way, so this worker stopped and trial "
+            f"{number} is queued again: put the weights in place and run optimize again, or "
+            "create the study again with `celebhpo study create STUDY_FILE --replace --set "
+            "train.pretrained=none` (its config is stored: editing the file changes nothing)")
 
 
 def budget_used(trials: list[FrozenTrial]) -> int:

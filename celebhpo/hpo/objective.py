@@ -34,9 +34,10 @@ import optuna
 from celebhpo.config import StudyConfig
 from celebhpo.data import DataBundle, load_data
 from celebhpo.errors import CheckpointError, TrainingError
+from celebhpo.hpo.measures import StudyLatencyCache, closest_infeasible
 from celebhpo.hpo.results import best_trial, direction
 from celebhpo.hpo.resume_states import RESUME_DIR, RESUME_FILE, RESUME_TAG, ResumeStates
-from celebhpo.objectives import TRIAL_METRICS, best_of, better, violations
+from celebhpo.objectives import MEASURED, best_of, better, violations
 from celebhpo.stopping import StopRequest
 from celebhpo.tracking import NullTrialRun, TrialRun
 from celebhpo.training.epoch import StopCheck
@@ -69,7 +70,11 @@ class TrialReporter(Callback):
         self.resumed_from = 0
 
     def on_fit_start(self, info: dict[str, Any]) -> None:
-        """fit has restored `resume` (when set): report its epochs again, as they were."""
+        """fit has restored `resume` (when set): report its epochs again, as they were. The
+        run's tag `device` becomes the device fit resolved (`auto` -> `cpu`, `cuda:0`): the
+        param `train.device` stays the study's setting (tracking.trial_params)."""
+        if self.run is not None and info.get("device"):
+            self.run.log(tags={"device": info["device"]})
         if self.resume is None:
             return
         rows, self.resume = self.resume["history"], None
@@ -132,11 +137,12 @@ def train(tcfg: StudyConfig, run: TrialRun | NullTrialRun, reporter: TrialReport
             result = _fit(tcfg, data, [StopCheck(stop), bar], reporter, Path(tmp) / "model.pt",
                           states)
             figures = {**result.best_metrics, **_measure(tcfg, len(data.attributes),
-                                                         result.device)}
+                                                         result.device, trial.study)}
             values = [float(figures[m]) for m in tcfg.study.objective_names()]
             missed = [k for k, v in violations(figures, tcfg.study.constraints).items() if v > 0]
             keep = keep_all or tcfg.study.multi_objective() or (
-                not missed and _best_so_far(trial.study, values[0]))
+                not missed and _best_so_far(trial.study, values[0])) or closest_infeasible(
+                trial.study, figures, tcfg.study.constraints)  # export-best's --trial advice
             logged = run.log_result(result, tcfg.to_dict(), log_checkpoint=keep)
             _log_measured(run, figures, tcfg.study.constraints, missed)
         states.discard()
@@ -150,10 +156,11 @@ def train(tcfg: StudyConfig, run: TrialRun | NullTrialRun, reporter: TrialReport
 
 # a trial's figures stored as user attrs: the best epoch's, and the finished model's
 _FIGURES = ("val_loss", "val_mean_acc", "val_map", "val_mean_acc_reliable",
-            "val_worst_group_acc", *TRIAL_METRICS, "latency_ms_b64")
+            "val_worst_group_acc", *MEASURED)
 
 
-def _measure(tcfg: StudyConfig, n_labels: int, device: str) -> dict[str, float]:
+def _measure(tcfg: StudyConfig, n_labels: int, device: str, study: optuna.Study
+             ) -> dict[str, float]:
     """params_m and the latency (ms per image at batch 1, and at 64 when the study's metric or
     constraints use latency; on the trial's device) of the trial's architecture at its image
     size: a fresh model of the same shape (latency does not depend on the weights)."""
@@ -166,7 +173,8 @@ def _measure(tcfg: StudyConfig, n_labels: int, device: str) -> dict[str, float]:
     wanted = "latency_ms" in s.objective_names() or "max_latency_ms" in s.constraints
     out.update(measure_latency(model, tcfg.data.image_size, device,
                                batch_sizes=(1, 64) if wanted else (1,),
-                               channels_last=tcfg.train.channels_last))
+                               channels_last=tcfg.train.channels_last,
+                               cache=StudyLatencyCache(study)))  # once per configuration
     return out
 
 
@@ -175,7 +183,7 @@ def _log_measured(run: TrialRun | NullTrialRun, figures: dict[str, Any],
     """The model's size and latency as metrics of the trial's run; with constraints, the tag
     `feasible` (and `violated`, the constraints it misses)."""
     metrics = {k: float(figures[k])
-               for k in (*TRIAL_METRICS, "latency_ms_b64") if _num(figures.get(k)) is not None}
+               for k in MEASURED if _num(figures.get(k)) is not None}
     tags = {}
     if constraints:
         tags["feasible"] = "false" if missed else "true"

@@ -19,9 +19,10 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from celebhpo.errors import StudyError, mask_url
+from celebhpo.hpo.budget import pruned_only
 from celebhpo.hpo.record import StudyRecord
 from celebhpo.hpo.retry import DUPLICATE_OF, FAIL_REASON, GivenUp, given_up, rerun_of
-from celebhpo.objectives import best_of, better
+from celebhpo.objectives import best_of, better, latency_noise
 
 __all__ = ["STATE_ORDER", "best_trial", "direction", "feasible", "leaderboard", "metric_name",
            "metric_names", "pareto_board", "pareto_front", "require_best_trial", "state_counts"]
@@ -97,6 +98,9 @@ def require_best_trial(study: optuna.Study, storage: str, number: int | None = N
             f"no completed trial of study '{name}' meets its [study] constraints; the closest, "
             f"trial {closest.number}, misses {missed}. Relax the constraints (a new study), or "
             f"export that trial anyway with --trial {closest.number}")
+    grid = best is None and bool((record := StudyRecord.of(study)) and record.grid)
+    if best is None and (no_model := pruned_only(study.get_trials(deepcopy=False), grid, name)):
+        raise StudyError(no_model)  # the real cause: `optimize` would only say it is done
     if best is None:
         counts = state_counts(study.get_trials(deepcopy=False))
         seen = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials"
@@ -127,8 +131,9 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     then RUNNING, WAITING and FAIL. Columns: trial, state, the searched params, the value
     (one column per metric in a study of several, plus `pareto`: * on the front), the best
     epoch (by the study's metric) and its val_loss, val_mean_acc, val_map (less the metrics
-    that are values), the worst-group accuracy, latency and size when measured, `feasible`
-    when the study has constraints, epochs run, duration_s, note (a failure's reason, its
+    that are values), the worst-group accuracy, latency, GFLOPs and size when measured,
+    `latency_flag` when a latency stayed noisy after re-measuring (objectives.latency_noise),
+    `feasible` when the study has constraints, epochs run, duration_s, note (a failure's reason, its
     re-run, or "given up after N attempts: ..." on a point's last attempt, retry.given_up)."""
     trials = study.get_trials(deepcopy=False)
     metrics = metric_names(study)
@@ -138,11 +143,12 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     gone = {t.number: GivenUp.of(t) for t in given_up(trials)}
     param_names = list(dict.fromkeys(k for t in trials for k in t.params))
     figures = [k for k in ("val_loss", "val_mean_acc", "val_map", "val_worst_group_acc",
-                           "latency_ms", "params_m")
+                           "latency_ms", "gflops", "params_m")
                if k not in metrics and (k in ("val_loss", "val_mean_acc", "val_map")
                                         or any(t.user_attrs.get(k) is not None for t in trials))]
     front = {t.number for t in pareto_front(study)} if multi else set()
     constrained = any(t.constraints for t in trials)
+    noisy = {t.number: latency_noise(t.user_attrs) for t in trials}
     rows = []
     for t in trials:
         a = t.user_attrs
@@ -155,14 +161,15 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
             **({"feasible": _feasible_text(t)} if constrained else {}),
             "best_epoch": a.get("best_epoch"),
             **{k: a.get(k) for k in figures},
+            **({"latency_flag": noisy[t.number]} if any(noisy.values()) else {}),
             "epochs": a.get("epochs_run"),
             "duration_s": a.get("duration_s"),
             "note": _note(t, retried, gone.get(t.number)),
         })
     rows = _sorted_rows(study, rows, metrics[0])
     columns = ["trial", "state", *param_names, *metrics, *(["pareto"] if multi else []),
-               *(["feasible"] if constrained else []), "best_epoch", *figures, "epochs",
-               "duration_s", "note"]
+               *(["feasible"] if constrained else []), "best_epoch", *figures,
+               *(["latency_flag"] if any(noisy.values()) else []), "epochs", "duration_s", "note"]
     df = pd.DataFrame(rows, columns=columns).reset_index(drop=True)
     # counts stay integers beside missing values (not 2.0 beside NaN)
     return df.astype({"best_epoch": "Int64", "epochs": "Int64"})

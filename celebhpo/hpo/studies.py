@@ -173,6 +173,7 @@ def _resolved_config(cfg: StudyConfig, grid: bool, name: str) -> StudyConfig:
     """The config as stored: paths absolute (workers start anywhere), the effective name and
     sampler."""
     stored = StudyConfig.from_dict(cfg.to_dict(), source=cfg.source)
+    stored.fixed_by_set = dict(cfg.fixed_by_set)  # for config.grid's message
     stored.study.name = name
     if grid:
         stored.study.sampler = "grid"

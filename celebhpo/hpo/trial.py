@@ -38,6 +38,7 @@ from celebhpo.errors import (
     TrainingError,
     mask_url,
 )
+from celebhpo.hpo.budget import no_weights
 from celebhpo.hpo.liveness import (
     RETRY_WANTED,
     TrialTakenOver,
@@ -232,6 +233,8 @@ def _attempt(ctx: TrialContext, trial: optuna.Trial, params: dict[str, Any], tcf
         out.state, out.reason = TrialState.PRUNED, str(e)
     except TRIAL_ERRORS as e:
         out.reason = str(e)
+    except ModelError as e:  # no weights: every trial would fail alike (budget.no_weights)
+        out.reason, out.requeue, out.error = str(e), True, ModelError(no_weights(e, trial.number))
     except SETUP_ERRORS as e:
         out.reason, out.error, out.requeue = str(e), e, True
     except Interrupted as e:  # a stop request, at a safe point (celebhpo.stopping)

@@ -5,7 +5,9 @@ mean_acc_reliable: training.metrics), the per-class report, and the subgroup sli
 thresholds.
 
 - `evaluate`: any CelebA-layout folder's split, image files through the Predictor
-  (`celebhpo evaluate`);
+  (`celebhpo evaluate`): by default the subset of it the model's study used (`[data]
+  test_size`, `subset`, `subset_seed`: the images the model card scored), or the whole
+  split (`whole_split`, `--all`); `metrics["selection"]` says which;
 - `evaluate_splits`: the study's own validation and test subsets, decoded like training did,
   with the unweighted loss and the majority-class baseline: export-best's evaluation.
 """
@@ -81,10 +83,11 @@ class Evaluation:
 def evaluate(model: Predictor | str | Path, data_root: str | Path, split: str = "test",
              out_dir: str | Path | None = None, *, threshold: str | float = "tuned",
              layout: str = "auto", batch_size: int = 256, progress: bool = True,
-             slices: Sequence[str] | None = None) -> Evaluation:
+             slices: Sequence[str] | None = None, whole_split: bool = False) -> Evaluation:
     """Metrics (at `threshold`: the checkpoint's tuned thresholds, 0.5 or a number; and at 0.5)
     and the per-class report of `model` on one split of any CelebA-layout folder. Writes
     metrics.json, classification_report.csv/.json (and slices.csv) to `out_dir` when given.
+    The images: the study's subset of the split (module docstring), or all with `whole_split`.
 
     `metrics["threshold"]` names the chosen thresholds and is the key of their metrics
     (`metrics["tuned"]`, `metrics["0.3"]`); `metrics["0.5"]` holds those at 0.5. `slices`
@@ -105,9 +108,7 @@ def evaluate(model: Predictor | str | Path, data_root: str | Path, split: str = 
             f"{data_root}: the label file lacks attributes the model predicts: "
             f"{', '.join(missing[:5])}; evaluate needs all {len(predictor.attributes)}"
         )
-    rows = np.asarray(select_split(ds, split))
-    if len(rows) == 0:
-        raise DataError(f"{data_root}: the {split} split has no images; check the partition file")
+    rows, selection = _select(ds, split, predictor, whole_split)
     paths = [Path(ds.image_dir) / ds.ids[i] for i in rows]
     kept, probs, bad = predict_paths(predictor, paths, batch_size, progress, desc=f"eval {split}")
     if not kept:
@@ -121,6 +122,7 @@ def evaluate(model: Predictor | str | Path, data_root: str | Path, split: str = 
         "model": str(predictor.source),
         "data_root": str(data_root),
         "split": split,
+        "selection": selection,
         "n_images": len(kept),
         "skipped": [[paths[i].name, reason] for i, reason in bad],
         "threshold": label,
@@ -132,6 +134,29 @@ def evaluate(model: Predictor | str | Path, data_root: str | Path, split: str = 
         with output_errors(out_dir, "--out", folder=True):
             metrics["written"] = _write(Path(out_dir), metrics, report, sliced)
     return Evaluation(metrics=metrics, report=report)
+
+
+def _select(ds: Any, split: str, predictor: Predictor, whole_split: bool
+            ) -> tuple[np.ndarray, str]:
+    """(row indices, what they are in words): the split's subset that the model's study
+    took (its checkpoint's [data] size, subset, subset_seed for `split`), or all of it."""
+    everything = np.asarray(select_split(ds, split))
+    if len(everything) == 0:
+        raise DataError(f"{ds.root}: the {split} split has no images; check the partition file")
+    data = Checkpoint.load(predictor.checkpoint_path).section("data")
+    size = int(data.get(f"{split}_size") or 0)
+    if whole_split or size in (0, len(everything)):
+        return everything, "the whole split" + (" (--all)" if whole_split else ", as the model's "
+                                                "study took it" if f"{split}_size" in data else "")
+    if size > len(everything):
+        raise DataError(f"{ds.root}: the model's study scored {size} {split} images, but this "
+                        f"folder's {split} split has {len(everything)}; pass --all to score "
+                        "them all")
+    subset, seed = str(data.get("subset", "first")), int(data.get("subset_seed") or 0)
+    rows = np.asarray(select_split(ds, split, size, subset, seed))
+    how = "the first" if subset == "first" else f"a random (seed {seed})"
+    return rows, (f"the study's {split} subset: {how} {size} of {len(everything)}, as in the "
+                  f"model card; --all scores all {len(everything)}")
 
 
 def _add_slices(metrics: dict[str, Any], label: str, probs: np.ndarray, targets: np.ndarray,

@@ -88,16 +88,19 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def _expand(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The image files of `inputs` (folders listed), each once: a file given again, or with
+    its folder, is predicted once, where it first came (by resolved path)."""
     paths: list[Path] = []
+    seen: set[Path] = set()
     missing: list[tuple[str, str]] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            paths.extend(list_images(p))
-        elif p.exists():
-            paths.append(p)
-        else:
+        if not p.exists():
             missing.append((str(p), "no such file"))
+        for f in list_images(p) if p.is_dir() else [p] if p.exists() else []:
+            if f.resolve() not in seen:
+                seen.add(f.resolve())
+                paths.append(f)
     return paths, missing
 
 

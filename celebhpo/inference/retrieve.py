@@ -8,7 +8,6 @@ over the same folder predicts only new or changed images.
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -18,7 +17,9 @@ import numpy as np
 import pandas as pd
 
 from celebhpo._io import atomic_open, check_writable, output_errors
+from celebhpo.data import user_cache_dir
 from celebhpo.errors import CelebhpoError, DataError
+from celebhpo.inference.empty import EmptyAnswer, explain_empty
 from celebhpo.inference.expr import Expression, parse_expression
 from celebhpo.inference.predict import (
     IMAGE_SUFFIXES,
@@ -33,7 +34,7 @@ from celebhpo.inference.sheet import contact_sheet
 __all__ = ["FolderPredictions", "RetrievalResult", "cache_dir", "predict_folder", "rank",
            "retrieve"]
 
-CACHE_FORMAT = 2  # 2: images decoded upright (EXIF) and 16-bit scaled
+CACHE_FORMAT = 3  # 2: images decoded upright (EXIF) and 16-bit scaled; 3: tiny images refused
 # one file's cache entry: size, mtime in ns, (40,) probabilities or None, why unreadable
 Entry = tuple[int, int, np.ndarray | None, str]
 
@@ -50,6 +51,7 @@ class RetrievalResult:
     cache_path: Path | None
     threshold_label: str = "tuned"  # the thresholds "present" used: "tuned", "0.5", "0.3"...
     sheet: Path | None = None
+    empty: EmptyAnswer | None = None  # set when nothing matched: why, and the closest faces
 
 
 @dataclass
@@ -87,14 +89,25 @@ def retrieve(predictor: Predictor, image_dir: str | Path, where: str, top: int =
                              n_matches=n_matches, n_predicted=got.n_predicted,
                              n_cached=got.n_cached, skipped=got.skipped,
                              cache_path=got.cache_path, threshold_label=label)
+    if n_matches == 0:
+        result.empty = explain_empty(expr, [str(folder / n) for n in got.names], got.probs,
+                                     predictor.attributes, thresholds, min_score=min_score)
     if sheet is not None:
-        captions = [f"{s:.3f}  {Path(p).name}" for p, s in zip(frame["image"], frame["score"],
-                                                            strict=True)]
         with output_errors(sheet, "--sheet"):
-            result.sheet = contact_sheet(
-                list(frame["image"]), captions, sheet,
-                title=f"{expr}  ({n_matches} of {len(got.names)} match, {label} thresholds)")
+            result.sheet = _sheet(result, sheet)
     return result
+
+
+def _sheet(result: RetrievalResult, out: str | Path) -> Path:
+    """The contact sheet of the matches, or of the closest faces when nothing matched."""
+    shown = result.frame
+    title = (f"{result.expression}  ({result.n_matches} of {result.n_images} match, "
+             f"{result.threshold_label} thresholds)")
+    if result.empty is not None and len(result.empty.closest):
+        shown, title = result.empty.closest, f"no match for {result.expression}; the closest:"
+    captions = [f"{s:.3f}  {Path(p).name}" for p, s in zip(shown["image"], shown["score"],
+                                                        strict=True)]
+    return contact_sheet(list(shown["image"]), captions, out, title=title)
 
 
 def rank(expr: Expression, names: list[str], probs: np.ndarray, attributes: list[str],
@@ -120,10 +133,7 @@ def rank(expr: Expression, names: list[str], probs: np.ndarray, attributes: list
 # -- the per-folder prediction cache ---------------------------------------------------------
 def cache_dir() -> Path:
     """$CELEBHPO_CACHE_DIR, else $XDG_CACHE_HOME/celebhpo, else ~/.cache/celebhpo."""
-    if os.environ.get("CELEBHPO_CACHE_DIR"):
-        return Path(os.environ["CELEBHPO_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "celebhpo"
+    return user_cache_dir()
 
 
 def predict_folder(predictor: Predictor, image_dir: str | Path, batch_size: int = 64,

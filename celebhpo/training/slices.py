@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from celebhpo.errors import ConfigError
+from celebhpo.errors import ConfigError, did_you_mean
 from celebhpo.training.metrics import predict
 
 __all__ = ["MAX_SLICES", "SliceResult", "group_names", "metric_key", "resolve_slices",
@@ -48,8 +48,11 @@ def resolve_slices(slices: Sequence[str], attributes: Sequence[str],
     attributes = [str(a) for a in attributes]
     missing = [s for s in names if s not in attributes]
     if missing:
+        close = did_you_mean(missing[0], attributes)
+        hint = (f"did you mean '{close[0]}'?" if close
+                else f"use names from: {', '.join(attributes)}")
         raise ConfigError(f"{key}: {', '.join(repr(s) for s in missing)} is not an attribute of "
-                          f"the data; use names from: {', '.join(attributes)}")
+                          f"the data; {hint}")
     if len(set(names)) != len(names) or len(names) > MAX_SLICES:
         raise ConfigError(f"{key} = {names}: give at most {MAX_SLICES} different attributes")
     return [attributes.index(s) for s in names]

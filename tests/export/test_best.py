@@ -163,9 +163,12 @@ def test_no_completed_trial_is_one_clear_error():
     with pytest.raises(StudyError) as info:
         require_best_trial(study, SECRET)
     message = str(info.value)
+    # the cause and the fix, not "run optimize" (which would only say its grid is done: issue 24)
     assert message == (
-        "study 'grid' in postgresql+psycopg2://alice:***@db.example/optuna has no completed "
-        "trial (1 FAIL, 2 PRUNED); run `celebhpo optimize --study grid` first")
+        "no trial of study 'grid' completed (2 PRUNED, 1 FAIL), and a pruned trial keeps no "
+        "model to export: create the study again without pruning (`celebhpo study create "
+        "STUDY_FILE --replace --set study.pruner=none`) and optimize it, or run more trials "
+        "(optimize --trials N)")
 
 
 def test_unknown_study_is_a_study_error(tmp_path):

@@ -144,7 +144,7 @@ def test_a_constraint_nothing_meets_is_said_and_export_refuses(tmp_path, synth_r
     assert not (tmp_path / "best").exists()
     client = MlflowClient(uri)
     parent = client.get_run(study.user_attrs["parent_run_id"])
-    assert "best/trial_number" not in parent.data.metrics  # no feasible best to show
+    assert "study_best/trial_number" not in parent.data.metrics  # no feasible best to show
 
 
 def test_a_slice_that_is_not_an_attribute_is_refused_at_create(tmp_path, synth_root):

@@ -174,7 +174,7 @@ def test_credentials_are_refused_where_others_can_read_them(tmp_path):
         f"Error: --env-file {open_file} is readable by others (mode 0644, owner uid "
         f"{os.getuid()}); it holds credentials: chmod 600 {open_file} as its owner")
     argv = _dry_run(["--storage", f"postgresql://u:{SECRET}@h/d"], {})
-    assert argv.exit_code == 2 and "--storage holds a password" in argv.output
+    assert argv.exit_code == 1 and "--storage holds a password" in argv.output
     assert SECRET not in argv.output
     bad = _env_file(tmp_path / "bad.env", "export CELEBHPO_STORAGE=x\n")
     result = _dry_run(["--env-file", str(bad)], {})

@@ -171,7 +171,7 @@ def test_evaluate_threshold_option(setup, synth_root, option, head):
                                       "--split", "test", *option])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0] == f"test split of {synth_root}: 30 images"
+    assert lines[0] == f"test split of {synth_root}: 30 images, the whole split"
     assert lines[1].split("  ", 1)[1].strip() == head
     ds = read_celeba(synth_root)
     rows = select_split(ds, "test")

@@ -1,4 +1,5 @@
-"""Latency per image and parameter counts: what constraints and the accuracy-latency front use."""
+"""Latency per image, GFLOPs and parameter counts: what constraints and fronts use.
+(Under load, the cache and FLOPs across architectures: test_latency_load.py.)"""
 
 from __future__ import annotations
 
@@ -32,37 +33,44 @@ class SleepyNet(nn.Module):
 
 def test_keys_positive_and_per_image_for_the_tiny_net() -> None:
     model = create_model("tiny", num_features=16, dropout=0.1)
-    result = measure_latency(model, 32, "cpu", warmup=1, repeats=2)
-    assert set(result) == {"latency_ms", "latency_ms_b64"}
-    assert all(isinstance(v, float) and v > 0 for v in result.values())
-    assert set(measure_latency(model, 16, "cpu", batch_sizes=(1, 8, 32), warmup=0,
-                               repeats=1)) == {"latency_ms", "latency_ms_b8", "latency_ms_b32"}
+    result = measure_latency(model, 32, "cpu", min_run_time=0.05)
+    assert set(result) == {"latency_ms", "latency_ms_b64", "latency_spread", "latency_cpu_share",
+                           "latency_threads", "gflops"}
+    assert all(isinstance(v, float) and v >= 0 for v in result.values())
+    assert result["latency_ms"] > 0 and result["latency_ms_b64"] > 0 and result["gflops"] > 0
+    assert result["latency_threads"] == 1.0 and result["latency_cpu_share"] <= 1.0
+    assert {k for k in measure_latency(model, 16, "cpu", batch_sizes=(1, 8, 32), min_run_time=0.02)
+            if k.startswith("latency_ms")} == {"latency_ms", "latency_ms_b8", "latency_ms_b32"}
 
 
 def test_batch_latency_is_per_image() -> None:
     # every forward sleeps 20 ms whatever its batch: a whole forward of 64 images takes at least
     # that (time.sleep never returns early), and per image far less than a forward of one
     sleep_ms = 20.0
-    result = measure_latency(SleepyNet(sleep_ms / 1e3), 8, "cpu", warmup=1, repeats=3)
+    result = measure_latency(SleepyNet(sleep_ms / 1e3), 8, "cpu", min_run_time=0.1)
     assert result["latency_ms"] >= sleep_ms
     assert result["latency_ms_b64"] * 64 >= sleep_ms
     # without the division by 64 the batch figure would be >= the batch-1 one; the margin (8x)
-    # is far above any scheduling noise on a median of three
+    # is far above any scheduling noise on a median
     assert result["latency_ms_b64"] < result["latency_ms"] / 8
+    # asleep is off the CPU: the measuring thread's share of the wall time says so
+    assert result["latency_cpu_share"] < 0.5
 
 
 def test_forwards_are_eval_inference_fp32_channels_last_and_counted() -> None:
     model = SleepyNet(0.0)
-    measure_latency(model, 12, "cpu", batch_sizes=(1, 4), warmup=2, repeats=3)
-    assert [c["shape"] for c in model.calls] == [(1, 3, 12, 12)] * 5 + [(4, 3, 12, 12)] * 5
+    measure_latency(model, 12, "cpu", batch_sizes=(1, 4), min_run_time=0.02)
+    shapes = [c["shape"] for c in model.calls]
+    assert set(shapes) == {(1, 3, 12, 12), (4, 3, 12, 12)} and shapes[0] == (1, 3, 12, 12)
     assert all(not c["training"] and c["inference"] and c["dtype"] == torch.float32
                and c["nhwc"] for c in model.calls)
     # a fixed generator: the same input every time, and again in a second measurement
-    first = [c["sum"] for c in model.calls]
+    first = {c["shape"]: c["sum"] for c in model.calls}
+    assert all(c["sum"] == first[c["shape"]] for c in model.calls)
     model.calls.clear()
-    measure_latency(model, 12, "cpu", batch_sizes=(1, 4), warmup=2, repeats=3,
+    measure_latency(model, 12, "cpu", batch_sizes=(1, 4), min_run_time=0.02,
                     channels_last=False)
-    assert [c["sum"] for c in model.calls] == pytest.approx(first)
+    assert all(c["sum"] == pytest.approx(first[c["shape"]]) for c in model.calls)
     assert not any(c["nhwc"] for c in model.calls)
 
 
@@ -71,7 +79,7 @@ def test_mode_and_weights_are_restored(training: bool) -> None:
     model = create_model("tiny", num_features=16, dropout=0.1).train(training)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     strides = {k: v.stride() for k, v in model.state_dict().items()}
-    measure_latency(model, 16, "cpu", warmup=1, repeats=1)
+    measure_latency(model, 16, "cpu", min_run_time=0.02)
     assert model.training is training
     assert all(m.training is training for m in model.modules())
     after = model.state_dict()
@@ -95,7 +103,9 @@ def test_params_in_millions() -> None:
     ({"image_size": 0}, "image_size"),
     ({"batch_sizes": ()}, "batch_sizes"),
     ({"batch_sizes": (1, 1)}, "twice"),
-    ({"repeats": 0}, "repeats"),
+    ({"min_run_time": 0}, "min_run_time"),
+    ({"threads": 0}, "threads"),
+    ({"retries": -1}, "retries"),
 ])
 def test_bad_arguments(kwargs: dict, message: str) -> None:
     args = {"image_size": 16, **kwargs}
