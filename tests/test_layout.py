@@ -23,10 +23,10 @@ LAYERS = [
     {"celebhpo", "errors", "_typed", "_io", "stopping", "objectives", "archs", "config"},
     {"data", "training", "tracking"},
     {"hpo", "export", "inference"},
-    {"report", "cli_options", "cli_launch", "demo", "cli", "__main__"},
+    {"report", "cli_options", "cli_launch", "cli_study", "demo", "cli", "__main__"},
 ]
 PRESENTATION = "celebhpo.report"
-MAY_PRESENT = {"celebhpo.cli", "celebhpo.demo"}  # the only modules that turn results into text
+MAY_PRESENT = {"celebhpo.cli", "celebhpo.cli_study", "celebhpo.demo"}  # the only modules that turn results into text
 MLFLOW_HOME = "celebhpo.tracking"
 
 
