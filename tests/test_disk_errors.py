@@ -60,8 +60,10 @@ def small_disk(tmp_path) -> Iterator[Callable[..., Path]]:
             subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
 
 
-def fill(disk: Path) -> None:
-    """Fill `disk` to its last byte."""
+def fill(disk: Path, leave: int = 0) -> None:
+    """Fill `disk` to its last byte, or to its last `leave` bytes (whole pages)."""
+    reserve = disk / ".reserve"
+    reserve.write_bytes(b"\0" * leave)
     fd = os.open(disk / ".filler", os.O_WRONLY | os.O_CREAT)
     try:
         while True:
@@ -70,6 +72,9 @@ def fill(disk: Path) -> None:
         assert e.errno == errno.ENOSPC, e
     finally:
         os.close(fd)
+    reserve.unlink()
+    if leave:
+        return
     probe = os.open(disk / ".probe", os.O_WRONLY | os.O_CREAT)
     try:
         with pytest.raises(OSError):  # not a page more fits
@@ -184,7 +189,8 @@ def test_a_resume_state_that_keeps_failing_is_one_warning_per_trial(tmp_path, sy
                                                                     small_disk, monkeypatch):
     disk = small_disk("artifacts")
     storage, _ = _study(tmp_path, synth_root, "res", epochs=3, artifacts=disk)
-    fill(disk)  # after study create, which logs nothing yet
+    fill(disk, leave=4096)  # after study create (it logs nothing); one page: the trial's
+    # config.json, logged as its run starts, fits, and nothing after it (states, results)
     monkeypatch.setenv(WORKER_ENV, "gpu0")  # as optimize --devices starts its workers
     lines: list[str] = []
     started = time.monotonic()

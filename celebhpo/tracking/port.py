@@ -155,6 +155,9 @@ class NullTrialRun:
     def log_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
         pass
 
+    def log_config(self, config: dict[str, Any]) -> None:
+        pass
+
     def log_result(self, result: Any, config: dict[str, Any], log_checkpoint: bool = True
                    ) -> dict[str, Any]:
         return {"f1_by_attribute": f1_by_attribute(result.report)}
