@@ -272,12 +272,17 @@ def predict_cmd(model: Path, inputs: tuple[Path, ...], fmt: str, threshold: str,
               "attributes' true labels (at most 4) and report each group's accuracy and the "
               "worst group's; default: the checkpoint's [study] slices; \"\" = off.")
 @click.option("--all", "whole_split", is_flag=True, help="The whole split, not the study's subset.")
+@click.option("--attributes", default=None, metavar="BAND|A,B",
+              help="Score only these: a label-agreement band (reliable = the 12 attributes "
+              "annotators agree on >= 95%; moderate, low, chance) and/or attribute names.")
 def evaluate_cmd(model: Path, data_root: Path, split: str, out_dir: Path | None,
-                 threshold: str, slices: str | None, whole_split: bool) -> None:
+                 threshold: str, slices: str | None, whole_split: bool,
+                 attributes: str | None) -> None:
     """Metrics and the per-attribute report of a model on a CelebA-layout folder.
 
     On the study's subset of the split, as its card (--all: the whole split): metrics at
-    --threshold and at 0.5 side by side, the subgroups, the attributes with the largest gaps.
+    --threshold and at 0.5 side by side, the subgroups, the attributes with the largest gaps;
+    --attributes reliable scores only the 12 attributes whose labels annotators agree on.
 
     Example: celebhpo evaluate best/ data/synthetic --split test --slices Male,Young --out eval/
     """
@@ -286,7 +291,7 @@ def evaluate_cmd(model: Path, data_root: Path, split: str, out_dir: Path | None,
 
     names = None if slices is None else [s.strip() for s in slices.split(",") if s.strip()]
     result = evaluate(model, data_root, split=split, out_dir=out_dir, threshold=threshold,
-                      slices=names, whole_split=whole_split)
+                      slices=names, whole_split=whole_split, attributes=attributes)
     click.echo(format_evaluation(result))
 
 

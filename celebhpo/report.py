@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from celebhpo.data.quality import shown_name
+
 if TYPE_CHECKING:
     from celebhpo.config import StudyConfig
     from celebhpo.export import ExportResult
@@ -183,19 +185,23 @@ def _prediction_block(result: PredictionResult, present: Any, n: int, show_all: 
 
 
 def format_evaluation(result: Evaluation) -> str:
-    """Header, the metrics at the chosen thresholds and at 0.5 side by side, then the report."""
+    """Header (and the attributes scored, when not all), the metrics at the chosen thresholds
+    and at 0.5 side by side (mean_acc_reliable named mean_acc_reliable12), then the report."""
     metrics, report = result.metrics, result.report
-    skipped = metrics.get("skipped", [])
+    skipped, scored = metrics.get("skipped", []), metrics.get("scored")
     label = metrics["threshold"]
     lines = [f"{metrics['split']} split of {metrics['data_root']}: {metrics['n_images']} images"
              + (f" ({len(skipped)} unreadable, skipped)" if skipped else "")
              + (f", {metrics['selection']}" if metrics.get("selection") else "")]
+    if scored:
+        lines.append(f"scored: {len(scored['attributes'])} of {scored['of']} attributes "
+                     f"(--attributes {scored['asked']}): {', '.join(scored['attributes'])}")
     chosen, half = metrics[label], metrics["0.5"]
-    width = max(len(k) for k in chosen)
+    width = max(len(shown_name(k)) for k in chosen)
     heads = [f"at {label}", "at 0.5"][: 1 if label == "0.5" else 2]
     lines.append(f"{'metric':<{width}}  " + "  ".join(f"{h:>8}" for h in heads))
-    lines += [f"{k:<{width}}  {v:>8.4f}" + (f"  {half[k]:>8.4f}" if len(heads) == 2 else "")
-              for k, v in chosen.items()]
+    lines += [f"{shown_name(k):<{width}}  {v:>8.4f}"
+              + (f"  {half[k]:>8.4f}" if len(heads) == 2 else "") for k, v in chosen.items()]
     lines.append(f"(an attribute is present when its probability > its threshold; {label} = "
                  + ("the checkpoint's per-attribute thresholds, tuned on validation"
                     if label == "tuned" else f"{label} for every attribute") + ")")

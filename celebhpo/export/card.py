@@ -5,9 +5,10 @@ Every number says its split (val, test) and its thresholds: "tuned" (the checkpo
 on validation), "0.5", or "baseline" (each attribute's majority class in the train split);
 loss and mAP need no threshold. Validation and test are scored by the same code at export.
 
-Beyond mean accuracy: mean_acc_reliable (over the attributes whose labels a published
-re-annotation found trustworthy, celebhpo.data.quality) beside the mean over all; the noisy
-attributes flagged in the per-attribute table, with the source; and, when the study sliced
+Beyond mean accuracy: mean_acc_reliable (shown as mean_acc_reliable12: over the 12 attributes
+whose labels a published re-annotation found trustworthy, celebhpo.data.quality) beside the
+mean over all; each attribute's agreement band and agreement beside its accuracy in the
+per-attribute table, with the source; and, when the study sliced
 (`[study] slices`), each split's subgroups at the tuned thresholds: n and mean accuracy per
 group, the worst group, and the attributes with the largest gaps between groups.
 """
@@ -22,18 +23,13 @@ import optuna
 from optuna.trial import TrialState
 
 from celebhpo._io import to_jsonable
-from celebhpo.data.quality import (
-    QUALITY_SOURCE,
-    label_quality,
-    noisy_attributes,
-    reliable_attributes,
-    reliable_confirmed,
-    reliable_definition,
-)
+from celebhpo.data.quality import agreement, agreement_band, shown_name
 from celebhpo.errors import mask_url
 from celebhpo.export.card_sections import (
+    attribute_table,
     choice_lines,
     fmt_value,
+    label_quality_card,
     measured_lines,
     quality_lines,
     slice_tables,
@@ -122,11 +118,7 @@ def model_card(*, ckpt: Checkpoint, study_name: str, storage: str,
         "metrics": split_metrics(evaluations),
         "thresholds": dict(zip(attributes, thresholds, strict=False)),
         "per_attribute": _per_attribute(evaluations),
-        "label_quality": {
-            "source": QUALITY_SOURCE, "definition": reliable_definition(),
-            "confirmed": reliable_confirmed(),
-            "noisy": [a for a in attributes if a in noisy_attributes()],
-            "reliable": [a for a in attributes if a in reliable_attributes()]},
+        "label_quality": label_quality_card(attributes),
         "slices": {s: slice_summary(ev.slices) for s, ev in evaluations.items()
                    if ev.slices is not None},
         "reports": {s: json.loads(ev.report.to_json(orient="records"))
@@ -141,12 +133,14 @@ def model_card(*, ckpt: Checkpoint, study_name: str, storage: str,
 
 
 def _per_attribute(evaluations: dict[str, SplitEvaluation]) -> list[dict[str, Any]]:
-    """One record per attribute: its threshold, accuracy per split at tuned / 0.5 / baseline,
-    the test positive rate and the train majority class."""
+    """One record per attribute: its label agreement band and agreement (data.quality), its
+    threshold, accuracy per split at tuned / 0.5 / baseline, the test positive rate and the
+    train majority class."""
     val, test = (evaluations[s].report.set_index("attribute") for s in SPLITS)
     rows = []
     for attr in test.index:
-        row: dict[str, Any] = {"attribute": str(attr), "labels": label_quality(str(attr)),
+        row: dict[str, Any] = {"attribute": str(attr), "labels": agreement_band(str(attr)),
+                               "agreement": agreement(str(attr)),
                                "threshold": float(test.at[attr, "threshold"])}
         for split, rep in (("val", val), ("test", test)):
             row[f"{split}_acc_tuned"] = float(rep.at[attr, "accuracy_tuned"])
@@ -220,7 +214,7 @@ def _markdown(card: dict[str, Any], ckpt: Checkpoint, trial: optuna.trial.Frozen
         f"- normalization: mean {norm.get('mean')}, std {norm.get('std')}",
         "",
         *_metrics_tables(card), "", *quality_lines(card), "", *slice_tables(card),
-        *_attribute_table(card), "",
+        *attribute_table(card), "",
         *_how_to_load(size, n_attr, files),
     ]
     lines += [f"- {fmt} checked against PyTorch: max |diff| of logits {v['max_abs_diff']:.1e}"
@@ -239,29 +233,13 @@ def _metrics_tables(card: dict[str, Any]) -> list[str]:
              "| metric | " + " | ".join(f"{s}, {c}" for s in SPLITS for c in COLUMNS) + " |",
              "|---" * (1 + len(SPLITS) * len(COLUMNS)) + "|"]
     keys = [k for k in m["test"]["tuned"] if k not in THRESHOLD_FREE]
-    lines += ["| " + " | ".join([k, *(fmt_value(m[s][c].get(k)) for s in SPLITS for c in COLUMNS)])
-              + " |" for k in keys]
+    lines += ["| " + " | ".join([shown_name(k), *(fmt_value(m[s][c].get(k)) for s in SPLITS
+                                                  for c in COLUMNS)]) + " |" for k in keys]
     lines += ["", "| no threshold | " + " | ".join(SPLITS) + " |", "|---|---|---|",
               "| loss (BCE, unweighted) | " + " | ".join(fmt_value(m[s]["loss"]) for s in SPLITS)
               + " |",
               "| map | " + " | ".join(fmt_value(m[s]["tuned"]["map"]) for s in SPLITS) + " |"]
     return lines
-
-
-def _attribute_table(card: dict[str, Any]) -> list[str]:
-    """Per attribute: its tuned threshold and accuracy on both splits at both thresholds."""
-    heads = ["attribute", "labels", "threshold (tuned)", "val acc, tuned", "val acc, 0.5",
-             "test acc, tuned", "test acc, 0.5", "test acc, baseline", "test positive rate"]
-    keys = ["attribute", "labels", "threshold", "val_acc_tuned", "val_acc_0.5",
-            "test_acc_tuned", "test_acc_0.5", "test_acc_baseline", "test_positive_rate"]
-    lines = ["## Per attribute", "",
-             "| " + " | ".join(heads) + " |", "|---" * len(heads) + "|"]
-    lines += ["| " + " | ".join("**noisy**" if k == "labels" and row[k] == "noisy"
-                                else fmt_value(row[k]) for k in keys) + " |"
-              for row in card["per_attribute"]]
-    return lines + ["", "labels: **noisy** = the two annotators of a published re-annotation "
-                        "agreed about as often as chance; reliable = at least 95% agreement; "
-                        f"unrated = not rated there. Source: {QUALITY_SOURCE}."]
 
 
 def _how_to_load(size: Any, n_attr: int, files: list[str]) -> list[str]:

@@ -18,6 +18,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from celebhpo.data.quality import shown_name
 from celebhpo.errors import StudyError, mask_url
 from celebhpo.hpo.budget import pruned_only
 from celebhpo.hpo.record import StudyRecord
@@ -131,7 +132,9 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     then RUNNING, WAITING and FAIL. Columns: trial, state, the searched params, the value
     (one column per metric in a study of several, plus `pareto`: * on the front), the best
     epoch (by the study's metric) and its val_loss, val_mean_acc, val_map (less the metrics
-    that are values), the worst-group accuracy, latency, GFLOPs and size when measured,
+    that are values), the mean accuracy over the 12 reliable attributes (headed
+    `val_mean_acc_reliable12`, data.quality.shown_name, as a value column too) and the
+    worst-group accuracy when the trials have them, latency, GFLOPs and size when measured,
     `latency_flag` when a latency stayed noisy after re-measuring (objectives.latency_noise),
     `feasible` when the study has constraints, epochs run, duration_s, note (a failure's reason, its
     re-run, or "given up after N attempts: ..." on a point's last attempt, retry.given_up)."""
@@ -142,8 +145,8 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
                if rerun_of(t) is not None and DUPLICATE_OF not in t.user_attrs}
     gone = {t.number: GivenUp.of(t) for t in given_up(trials)}
     param_names = list(dict.fromkeys(k for t in trials for k in t.params))
-    figures = [k for k in ("val_loss", "val_mean_acc", "val_map", "val_worst_group_acc",
-                           "latency_ms", "gflops", "params_m")
+    figures = [k for k in ("val_loss", "val_mean_acc", "val_map", "val_mean_acc_reliable",
+                           "val_worst_group_acc", "latency_ms", "gflops", "params_m")
                if k not in metrics and (k in ("val_loss", "val_mean_acc", "val_map")
                                         or any(t.user_attrs.get(k) is not None for t in trials))]
     front = {t.number for t in pareto_front(study)} if multi else set()
@@ -170,7 +173,7 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     columns = ["trial", "state", *param_names, *metrics, *(["pareto"] if multi else []),
                *(["feasible"] if constrained else []), "best_epoch", *figures,
                *(["latency_flag"] if any(noisy.values()) else []), "epochs", "duration_s", "note"]
-    df = pd.DataFrame(rows, columns=columns).reset_index(drop=True)
+    df = pd.DataFrame(rows, columns=columns).reset_index(drop=True).rename(columns=shown_name)
     # counts stay integers beside missing values (not 2.0 beside NaN)
     return df.astype({"best_epoch": "Int64", "epochs": "Int64"})
 

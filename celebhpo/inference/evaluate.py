@@ -7,7 +7,8 @@ thresholds.
 - `evaluate`: any CelebA-layout folder's split, image files through the Predictor
   (`celebhpo evaluate`): by default the subset of it the model's study used (`[data]
   test_size`, `subset`, `subset_seed`: the images the model card scored), or the whole
-  split (`whole_split`, `--all`); `metrics["selection"]` says which;
+  split (`whole_split`, `--all`); `metrics["selection"]` says which; every attribute of the
+  model, or those `attributes` picks (`--attributes reliable`: data.quality.select_attributes);
 - `evaluate_splits`: the study's own validation and test subsets, decoded like training did,
   with the unweighted loss and the majority-class baseline: export-best's evaluation.
 """
@@ -29,18 +30,14 @@ import torch
 from celebhpo._io import atomic_write, check_writable, output_errors, report_to_dict
 from celebhpo.config import StudyConfig
 from celebhpo.data import BatchLoader, SplitData, load_data, read_celeba, select_split
+from celebhpo.data.quality import select_attributes
 from celebhpo.errors import CheckpointError, DataError
 from celebhpo.inference.predict import HALF, predict_paths, resolve_thresholds
 from celebhpo.inference.predictor import Predictor, load_model
 from celebhpo.training.checkpoint import Checkpoint
 from celebhpo.training.loop import evaluate as evaluate_batches
 from celebhpo.training.metrics import compute_metrics, per_class_report
-from celebhpo.training.slices import (
-    SliceResult,
-    resolve_slices,
-    slice_metrics,
-    worst_group_acc,
-)
+from celebhpo.training.slices import SliceResult, resolve_slices, slice_metrics, worst_group_acc
 
 __all__ = ["Evaluation", "SplitEvaluation", "baseline_metrics", "evaluate", "evaluate_splits",
            "majority_classes", "score", "score_split", "slice_summary"]
@@ -83,7 +80,8 @@ class Evaluation:
 def evaluate(model: Predictor | str | Path, data_root: str | Path, split: str = "test",
              out_dir: str | Path | None = None, *, threshold: str | float = "tuned",
              layout: str = "auto", batch_size: int = 256, progress: bool = True,
-             slices: Sequence[str] | None = None, whole_split: bool = False) -> Evaluation:
+             slices: Sequence[str] | None = None, whole_split: bool = False,
+             attributes: str | None = None) -> Evaluation:
     """Metrics (at `threshold`: the checkpoint's tuned thresholds, 0.5 or a number; and at 0.5)
     and the per-class report of `model` on one split of any CelebA-layout folder. Writes
     metrics.json, classification_report.csv/.json (and slices.csv) to `out_dir` when given.
@@ -92,7 +90,9 @@ def evaluate(model: Predictor | str | Path, data_root: str | Path, split: str = 
     `metrics["threshold"]` names the chosen thresholds and is the key of their metrics
     (`metrics["tuned"]`, `metrics["0.3"]`); `metrics["0.5"]` holds those at 0.5. `slices`
     (attribute names; None: the checkpoint's `[study] slices`; [] = off) adds
-    `worst_group_acc` to both and `metrics["slices"]` (groups, worst group, largest gaps)."""
+    `worst_group_acc` to both and `metrics["slices"]` (groups, worst group, largest gaps).
+    `attributes` (a band or names, comma-separated): score only those (`metrics["scored"]`);
+    the slices group by their attributes' true labels whether scored or not."""
     if out_dir is not None:
         check_writable(out_dir, "--out", folder=True)  # before the work, not after it
     predictor = model if isinstance(model, Predictor) else load_model(model)
@@ -100,36 +100,29 @@ def evaluate(model: Predictor | str | Path, data_root: str | Path, split: str = 
     names = list(slices) if slices is not None else list(predictor.slices)
     resolve_slices(names, predictor.attributes,  # a bad name fails before any image is read
                    key="--slices" if slices is not None else "the checkpoint's [study] slices")
-    data_root = Path(data_root)
-    ds = read_celeba(data_root, layout=layout)
-    missing = [a for a in predictor.attributes if a not in ds.attributes]
-    if missing:
-        raise DataError(
-            f"{data_root}: the label file lacks attributes the model predicts: "
-            f"{', '.join(missing[:5])}; evaluate needs all {len(predictor.attributes)}"
-        )
+    scored = (list(predictor.attributes) if attributes is None
+              else select_attributes(attributes, predictor.attributes))
+    ds = read_celeba(Path(data_root), layout=layout)
     rows, selection = _select(ds, split, predictor, whole_split)
     paths = [Path(ds.image_dir) / ds.ids[i] for i in rows]
     kept, probs, bad = predict_paths(predictor, paths, batch_size, progress, desc=f"eval {split}")
     if not kept:
         raise DataError(f"{data_root}: none of the {len(paths)} {split} images could be read "
                         f"(first: {paths[bad[0][0]].name}: {bad[0][1]})")
-    columns = [ds.attributes.index(a) for a in predictor.attributes]
-    targets = np.asarray(ds.labels)[rows[kept]][:, columns].astype(np.float32)  # (N, 40)
-
-    scores, report = score(probs, targets, predictor.attributes, thresholds, label)
+    picked = scored + [s for s in names if s not in scored]  # slices may group by others
+    cols = [predictor.attributes.index(a) for a in picked]
+    probs, thresholds, k = probs[:, cols], thresholds[cols], len(scored)
+    targets = np.asarray(ds.labels)[rows[kept]][:, [ds.attributes.index(a) for a in picked]
+                                                ].astype(np.float32)  # (N, len(picked))
+    scores, report = score(probs[:, :k], targets[:, :k], scored, thresholds[:k], label)
     metrics: dict[str, Any] = {
-        "model": str(predictor.source),
-        "data_root": str(data_root),
-        "split": split,
-        "selection": selection,
-        "n_images": len(kept),
-        "skipped": [[paths[i].name, reason] for i, reason in bad],
-        "threshold": label,
-        **scores,
-    }
-    sliced = _add_slices(metrics, label, probs, targets, predictor.attributes, names,
-                         thresholds)
+        "model": str(predictor.source), "data_root": str(data_root), "split": split,
+        "selection": selection, "n_images": len(kept),
+        "skipped": [[paths[i].name, reason] for i, reason in bad], "threshold": label,
+        **({} if attributes is None else {"scored": {
+            "asked": attributes, "attributes": scored, "of": len(predictor.attributes)}}),
+        **scores}
+    sliced = _add_slices(metrics, label, probs, targets, picked, names, thresholds)
     if out_dir is not None:
         with output_errors(out_dir, "--out", folder=True):
             metrics["written"] = _write(Path(out_dir), metrics, report, sliced)
@@ -140,6 +133,10 @@ def _select(ds: Any, split: str, predictor: Predictor, whole_split: bool
             ) -> tuple[np.ndarray, str]:
     """(row indices, what they are in words): the split's subset that the model's study
     took (its checkpoint's [data] size, subset, subset_seed for `split`), or all of it."""
+    missing = [a for a in predictor.attributes if a not in ds.attributes]
+    if missing:
+        raise DataError(f"{ds.root}: the label file lacks attributes the model predicts: "
+                        f"{', '.join(missing[:5])}; evaluate needs all {len(predictor.attributes)}")
     everything = np.asarray(select_split(ds, split))
     if len(everything) == 0:
         raise DataError(f"{ds.root}: the {split} split has no images; check the partition file")

@@ -1,19 +1,35 @@
 """A trial run's name: `t007 resnet50 lr=1e-3 p=0.3 f=512`, short and exact enough to tell
-trials apart in the MLflow runs table, the leaderboard and the heatmap's labels."""
+trials apart in the MLflow runs table, the leaderboard and the heatmap's labels; and the
+MLflow name of a figure (`mlflow_metric`: `val_mean_acc_reliable` is logged as
+`val_mean_acc_reliable12`, the mean over the 12 reliable attributes, data.quality)."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-__all__ = ["BEST_EPOCH_PREFIX", "STUDY_BEST_PREFIX", "final_run_name", "param_name",
-           "trial_run_name"]
+from celebhpo.data.quality import shown_name, stored_name
+
+__all__ = ["BEST_EPOCH_PREFIX", "STUDY_BEST_PREFIX", "figure_key", "final_run_name",
+           "mlflow_metric", "param_name", "trial_run_name"]
 
 # Metric names (one meaning each; README "Comparing runs in the MLflow UI"):
 # a trial's single values at its own best epoch, step 0 (`best_epoch/epoch`, ...)
 BEST_EPOCH_PREFIX = "best_epoch/"
 # the parent's copy of the best trial so far, step = trials finished (`study_best/value`, ...)
 STUDY_BEST_PREFIX = "study_best/"
+
+
+def mlflow_metric(key: str) -> str:
+    """The MLflow metric name of a figure's key (a loop's, a trial's user attr):
+    `val_mean_acc_reliable` -> `val_mean_acc_reliable12`, any other key as it is."""
+    return shown_name(key)
+
+
+def figure_key(metric: str) -> str:
+    """The figure's key (a trial's user attr) of an MLflow metric name: `mlflow_metric` undone."""
+    return stored_name(metric)
+
 
 _SHORT = {"lr": "lr", "dropout": "p", "num_features": "f", "weight_decay": "wd",
           "batch_size": "bs", "optimizer": "opt", "scheduler": "sched", "epochs": "ep"}

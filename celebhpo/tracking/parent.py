@@ -22,7 +22,7 @@ from mlflow.entities import Metric, RunTag
 from optuna.trial import TrialState
 
 from celebhpo.tracking.client import Tracker
-from celebhpo.tracking.names import BEST_EPOCH_PREFIX, STUDY_BEST_PREFIX
+from celebhpo.tracking.names import BEST_EPOCH_PREFIX, STUDY_BEST_PREFIX, figure_key
 from celebhpo.tracking.study import study_note
 from celebhpo.tracking.trial import RUN_ID_ATTR
 
@@ -99,7 +99,7 @@ def study_best_metrics(metrics: Mapping[str, float], user_attrs: Mapping[str, An
         if key.startswith(BEST_EPOCH_PREFIX):
             out[STUDY_BEST_PREFIX + key[len(BEST_EPOCH_PREFIX):]] = float(value)
             continue
-        attr = user_attrs.get(key)
+        attr = user_attrs.get(figure_key(key))  # val_mean_acc_reliable12: its user attr's key
         if isinstance(attr, int | float) and not isinstance(attr, bool) and (
                 math.isfinite(attr)):
             out[STUDY_BEST_PREFIX + key] = float(attr)

@@ -36,7 +36,12 @@ from celebhpo.tracking.metadata import (
     start_system_metrics,
     stop_system_metrics,
 )
-from celebhpo.tracking.names import BEST_EPOCH_PREFIX, param_name, trial_run_name
+from celebhpo.tracking.names import (
+    BEST_EPOCH_PREFIX,
+    mlflow_metric,
+    param_name,
+    trial_run_name,
+)
 from celebhpo.tracking.run import RunHandle
 from celebhpo.tracking.trial_files import (
     best_epoch_metrics,
@@ -155,7 +160,7 @@ class TrialRun(RunHandle):
         self.history.append(dict(metrics, epoch=epoch))
         now = int(time.time() * 1000)
         batch = [
-            Metric(k, float(v), now, int(epoch)) for k, v in metrics.items()
+            Metric(mlflow_metric(k), float(v), now, int(epoch)) for k, v in metrics.items()
             if k != "epoch" and isinstance(v, int | float) and not isinstance(v, bool)
         ]
         self.tracker.log_batch(self.run_id, metrics=batch)

@@ -25,7 +25,7 @@ from celebhpo._io import report_to_dict
 from celebhpo.errors import mask_url
 from celebhpo.tracking import plots
 from celebhpo.tracking.client import one_line
-from celebhpo.tracking.names import BEST_EPOCH_PREFIX
+from celebhpo.tracking.names import BEST_EPOCH_PREFIX, mlflow_metric
 
 __all__ = ["BEST_EPOCH_METRICS", "TEST_METRICS", "best_epoch_metrics", "headline_test_metrics",
            "table_png", "write_config", "write_curves", "write_result_files"]
@@ -62,7 +62,7 @@ def best_epoch_metrics(result: Any) -> dict[str, float]:
     for name in BEST_EPOCH_METRICS:
         value = _number(result.best_metrics.get(name))
         if value is not None and name not in curves:
-            out[f"{BEST_EPOCH_PREFIX}{name}"] = value
+            out[f"{BEST_EPOCH_PREFIX}{mlflow_metric(name)}"] = value
     return out
 
 

@@ -14,9 +14,10 @@ in the split (sklearn's `balanced_accuracy_score`), so it is plain accuracy for 
 whose targets are all one value.
 
 `mean_acc_reliable` (when the attribute names are given) is the mean accuracy over the
-attributes whose labels a published re-annotation found trustworthy (celebhpo.data.quality:
-until its list of reliable attributes is confirmed, all attributes except the noisy ones); the
-per-class report's `label_quality` column says reliable / noisy / unrated per attribute.
+attributes whose labels a published re-annotation found trustworthy: the 12 with at least 95%
+annotator agreement that are present (celebhpo.data.quality; shown and logged as
+`mean_acc_reliable12`); the per-class report's `label_quality` column gives each attribute's
+agreement band: reliable / moderate / low / chance (unrated: not rated there).
 
 Imports no optuna/mlflow.
 """
@@ -224,7 +225,7 @@ def per_class_report(probs: Any, targets: Any, attributes: list[str],
                      thresholds: float | Any = 0.5) -> pd.DataFrame:
     """One row per attribute (sklearn `classification_report`, positive class):
 
-    attribute, label_quality (reliable/noisy/unrated: celebhpo.data.quality), support
+    attribute, label_quality (the agreement band: celebhpo.data.quality), support
     (positives), positive_rate, ap, precision/recall/f1/accuracy at 0.5,
     threshold (the given per-attribute thresholds), precision_tuned/recall_tuned/f1_tuned/
     accuracy_tuned at those thresholds.

@@ -266,28 +266,30 @@ def test_model_card_scores_val_and_test_at_both_thresholds_and_the_baseline():
             f"{mean['test']['tuned']['mean_acc']:.4f} | {mean['test']['0.5']['mean_acc']:.4f} | "
             f"{mean['test']['baseline']['mean_acc']:.4f} |") in md
     assert "| loss (BCE, unweighted) | 0.2500 | 1.2500 |" in md
-    assert ("| attribute | labels | threshold (tuned) | val acc, tuned | val acc, 0.5 | "
+    assert ("| attribute | labels | agreement | threshold (tuned) | val acc, tuned | val acc, 0.5 | "
             "test acc, tuned | test acc, 0.5 | test acc, baseline | test positive rate |") in md
     r = rows["Male"]
-    assert (f"| Male | unrated | {r['threshold']:.4f} | {r['val_acc_tuned']:.4f} | {r['val_acc_0.5']:.4f} "
+    assert (f"| Male | reliable | 97.7% | {r['threshold']:.4f} | {r['val_acc_tuned']:.4f} | "
+            f"{r['val_acc_0.5']:.4f} "
             f"| {r['test_acc_tuned']:.4f} | {r['test_acc_0.5']:.4f} | "
             f"{r['test_acc_baseline']:.4f} | {r['test_positive_rate']:.4f} |") in md
     assert "tuned on validation for accuracy" in md
 
 
 def test_model_card_flags_noisy_attributes_and_shows_the_slices():
-    from celebhpo.data.quality import QUALITY_SOURCE
+    from celebhpo.data.quality import QUALITY_SOURCE, reliable_attributes
     from celebhpo.training.slices import slice_metrics
 
     attributes = ["Eyeglasses", "Male", "Oval_Face", "Smiling", "Young"]
     md, card, given = _card(attributes, seed=5, slices=("Male", "Young"))
     rows = {r["attribute"]: r for r in card["per_attribute"]}
-    assert rows["Oval_Face"]["labels"] == "noisy" and rows["Smiling"]["labels"] != "noisy"
-    assert "| Oval_Face | **noisy** |" in md and QUALITY_SOURCE in md
+    assert rows["Oval_Face"]["labels"] == "chance" and rows["Smiling"]["labels"] == "moderate"
+    assert "| Oval_Face | **chance** | 53.4% |" in md and QUALITY_SOURCE in md
     assert card["label_quality"]["noisy"] == ["Oval_Face"]
     for split, (probs, targets) in given["splits"].items():
         m = card["metrics"][split]
-        keep = [j for j, a in enumerate(attributes) if a != "Oval_Face"]  # unconfirmed list
+        keep = [j for j, a in enumerate(attributes) if a in reliable_attributes()]
+        assert [attributes[j] for j in keep] == ["Eyeglasses", "Male"]
         correct = (probs > given["thresholds"]) == (targets > 0.5)
         assert m["tuned"]["mean_acc_reliable"] == pytest.approx(correct[:, keep].mean())
         expect = slice_metrics(probs, targets, attributes, ["Male", "Young"],
@@ -298,7 +300,9 @@ def test_model_card_flags_noisy_attributes_and_shows_the_slices():
         assert [g["n"] for g in sl["groups"]] == list(expect.groups["n"])
         top = expect.attributes.sort_values("gap", ascending=False)["attribute"].iloc[0]
         assert sl["largest_gaps"][0]["attribute"] == top
-    assert (f"| reliable | {card['metrics']['val']['tuned']['mean_acc_reliable']:.4f} |") in md
+    assert (f"| reliable12 | {card['metrics']['val']['tuned']['mean_acc_reliable']:.4f} |") in md
+    assert (f"| mean_acc_reliable12 | {card['metrics']['val']['tuned']['mean_acc_reliable']:.4f} |"
+            in md)
     assert "## Subgroups" in md and "true Male x Young labels" in md
     g = card["slices"]["test"]["groups"][2]
     assert f"| {g['group']} |" in md and g["group"] == "Male=1,Young=0"

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from celebhpo.config import StudyConfig
-from celebhpo.data.quality import noisy_attributes
+from celebhpo.data.quality import reliable_attributes
 from celebhpo.errors import ConfigError
 from celebhpo.training.loop import fit
 from celebhpo.training.metrics import compute_metrics
@@ -152,8 +152,9 @@ def test_fit_history_and_slices_match_the_checkpoints_outputs(tmp_path):
     assert best["val_worst_group_acc"] == pytest.approx(
         slice_metrics(out.probs, out.targets, data.attributes, ["Male", "Young"]).worst_group_acc,
         abs=1e-6)
-    # reliable mean: all attributes but the noisy ones (the shipped list is unconfirmed)
-    keep = [j for j, a in enumerate(data.attributes) if a not in noisy_attributes()]
+    # reliable mean: the 12 attributes annotators agree on (data.quality)
+    keep = [j for j, a in enumerate(data.attributes) if a in reliable_attributes()]
+    assert len(keep) == 12
     correct = (out.probs > 0.5) == (out.targets > 0.5)
     assert best["val_mean_acc_reliable"] == pytest.approx(correct[:, keep].mean(), abs=1e-6)
     tuned = compute_metrics(out.probs, out.targets, result.thresholds, data.attributes)
