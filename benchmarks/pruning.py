@@ -18,6 +18,14 @@ state, epochs and value against the replay.
 
 Target (issue 13): in every ordering the same winner as without pruning, every architecture's
 best configuration completes, and at most 70% of the unpruned epochs.
+
+    python benchmarks/pruning.py --multi             # a study of two metrics, for real
+
+`--multi` (issue 26; `--set` applies to it) runs one small grid of two metrics (val_mean_acc, gflops; the tiny
+architecture on 600 synthetic faces, one learning rate that learns nothing) twice for real,
+side by side: `pruner = "none"` and `"median"` (judged through hpo/shadow.py), and prints the
+epochs each trained, the epochs saved and whether the Pareto front (its grid points) is the
+same.
 """
 
 from __future__ import annotations
@@ -213,6 +221,77 @@ def check(points: list[Point], expected: dict[int, Outcome], real: dict[int, Out
     return not bad
 
 
+# -- a study of several metrics, for real -----------------------------------------------------
+MULTI_STUDY = """
+[study]
+name = "multi"
+metric = ["val_mean_acc", "gflops"]
+sampler = "grid"
+pruner = "median"            # its shipped settings: 2 startup trials, epoch 1 never judged
+
+[data]
+root = "{root}"
+train_size = 480
+val_size = 60
+test_size = 60
+image_size = 16
+
+[train]
+arch = "tiny"
+pretrained = "none"
+epochs = {epochs}
+batch_size = 32
+num_features = 16
+
+[space]
+lr = [0.01, 0.003, 1e-7]       # 1e-7 learns nothing: it stays where it started
+data.image_size = [16, 24]
+"""
+
+
+def run_multi(cfg: StudyConfig, pruner: str, work: Path, device: str
+              ) -> tuple[int, set[str], dict[str, str]]:
+    """The grid for real with `pruner`: (epochs trained, the front's grid points, each
+    point's state)."""
+    storage, uri = f"sqlite:///{work / f'{pruner}.db'}", f"sqlite:///{work / f'{pruner}-mlflow.db'}"
+    create_study(cfg.with_overrides([f"study.pruner={pruner}"]), storage=storage, grid=True,
+                 name=pruner, tracking_uri=uri)
+    optimize(study_name=pruner, storage=storage, device=device, tracking_uri=uri,
+             progress=False, echo=_quiet)
+    study, _ = load_study(pruner, storage)
+    epochs = sum(int(t.user_attrs.get("epochs_run") or 0) for t in study.trials)
+    states = {_key(t.params): t.state.name for t in study.trials}
+    return epochs, {_key(t.params) for t in study.best_trials}, states
+
+
+def multi(args: argparse.Namespace) -> int:
+    """`--multi`: the grid with no pruner and with the median pruner, side by side."""
+    with tempfile.TemporaryDirectory(prefix="celebhpo-bench-multi-") as tmp:
+        work = Path(args.workdir or tmp).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        root = work / "faces"
+        if not (root / "list_attr_celeba.csv").exists():
+            synthesize(root, n=600, seed=0, progress=False)
+        path = work / "multi.toml"
+        path.write_text(MULTI_STUDY.format(root=root, epochs=args.multi_epochs))
+        cfg = load_study_file(path, overrides=args.overrides)  # --set study.n_warmup_steps=0
+        print(f"\nmulti-metric pruning benchmark: grid lr(3) x data.image_size(2), metric "
+              f"{cfg.study.objective_names()} (pruned on {cfg.study.metric}), tiny arch, "
+              f"{cfg.train.epochs} epochs, {cfg.data.train_size} train images, {args.device}; "
+              f"median n_startup_trials={cfg.study.n_startup_trials} "
+              f"n_warmup_steps={cfg.study.n_warmup_steps}\n")
+        full, front, _ = run_multi(cfg, "none", work, args.device)
+        pruned, front_p, states = run_multi(cfg, "median", work, args.device)
+    print(f"{'pruner':<8}{'epochs trained':>16}  Pareto front (grid points)")
+    print(f"{'none':<8}{full:>16}  {' '.join(sorted(front))}")
+    print(f"{'median':<8}{pruned:>16}  {' '.join(sorted(front_p))}")
+    cut = sorted(k for k, s in states.items() if s == "PRUNED")
+    print(f"median pruned {len(cut)} of {len(states)} points ({' '.join(cut) or 'none'}); "
+          f"epochs saved: {full - pruned} of {full} ({(full - pruned) / full:.0%}); "
+          f"front unchanged: {'yes' if front == front_p else 'NO'}")
+    return 0 if front == front_p else 1
+
+
 # -- main ------------------------------------------------------------------------------------
 def load_points(args: argparse.Namespace, cfg: StudyConfig, work: Path) -> list[Point]:
     """The curves from `--curves` when it holds this config's (the pruner aside), else from
@@ -250,6 +329,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "is not noticed: delete it), else written after the real run")
     parser.add_argument("--verify", action="store_true",
                         help="also run the first shuffled ordering for real, with pruning")
+    parser.add_argument("--multi", action="store_true", help="instead: a study of two "
+                        "metrics run for real with no pruner and with the median pruner")
+    parser.add_argument("--multi-epochs", type=int, default=4, help="epochs per trial of --multi")
     args = parser.parse_args(argv)
     if args.shuffles < 1:
         parser.error("--shuffles must be >= 1: the target asks for shuffled orderings")
@@ -260,6 +342,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per in-memory replay study
+    if args.multi:
+        return multi(args)
     try:
         cfg = load_study_file(args.study, overrides=args.base, data_root=args.data)
         tries = [cfg.with_overrides([s if "." in s else f"study.{s}" for s in t.split()])

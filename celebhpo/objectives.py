@@ -2,7 +2,8 @@
 and the constraints it must meet (`[study] metric` and `[study] constraints`).
 
 - Epoch metrics are measured on validation after every epoch; the first one a study names
-  picks the best epoch, early-stops and prunes.
+  picks the best epoch, early-stops and prunes (in a study of several metrics through
+  hpo/shadow.py; a pruner needs one, as the best epoch does).
 - Trial metrics are measured once per configuration, on the finished model: `gflops` (the
   cost of one image's forward, the same on every machine: what a front or a bound should use
   by default), `latency_ms` (ms per image at batch 1 on the trial's device, 1 CPU thread:
@@ -138,6 +139,10 @@ def _check_objectives(study: Any, where: str) -> None:
     if len(objs) > 3 or len(set(objs)) != len(objs):
         raise ConfigError(f"{where} metric = {objs} must name 2 or 3 different metrics")
     epoch = [m for m in objs if m in EPOCH_METRICS]
+    if not epoch and study.pruner != "none":
+        raise ConfigError(f"{where} pruner = {study.pruner!r} prunes on an epoch curve, and "
+                          f"metric = {objs} has none ({', '.join(objs)} are measured once per "
+                          f"trial); add a validation metric ({', '.join(EPOCH_METRICS)})")
     if not epoch:
         raise ConfigError(f"{where} metric = {objs} needs at least one validation metric "
                           f"({', '.join(EPOCH_METRICS)}) to pick each trial's best epoch")
@@ -145,10 +150,6 @@ def _check_objectives(study: Any, where: str) -> None:
     if study.direction != "auto":
         raise ConfigError(f"{where} direction = {study.direction!r}: a study of several metrics "
                           "takes each metric's own direction; remove direction")
-    if study.pruner != "none":
-        raise ConfigError(f"{where} pruner = {study.pruner!r} cannot prune a study of "
-                          f"{len(objs)} metrics (Optuna's pruners are single-objective); "
-                          'set pruner = "none"')
     if study.sampler == "cmaes":
         raise ConfigError(f"{where} sampler = 'cmaes' is single-objective; use 'tpe' or "
                           "'nsga2' for a study of several metrics")

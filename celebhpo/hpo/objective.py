@@ -1,6 +1,7 @@
 """A trial's objective, as in Optuna's examples (STYLE 7): the trial's data, `training.fit`
 with a progress bar and a reporter that reports each epoch's metric to Optuna (raising
-TrialPruned when told to) and logs it to the trial's MLflow run, then the result logged.
+TrialPruned when told to; in a study of several metrics through its shadow pruner,
+hpo/shadow.py) and logs it to the trial's MLflow run, then the result logged.
 
 Resume on retry (`[study] resume`, on by default): after each epoch the run's resume state
 (training.resume: weights, optimizer, schedule, RNG, history, best epoch; about 4x the model)
@@ -37,6 +38,7 @@ from celebhpo.errors import CheckpointError, TrainingError
 from celebhpo.hpo.measures import StudyLatencyCache, closest_infeasible
 from celebhpo.hpo.results import best_trial, direction
 from celebhpo.hpo.resume_states import RESUME_DIR, RESUME_FILE, RESUME_TAG, ResumeStates
+from celebhpo.hpo.shadow import ShadowPruner, shadow_pruner
 from celebhpo.objectives import MEASURED, best_of, better, violations
 from celebhpo.stopping import StopRequest
 from celebhpo.tracking import NullTrialRun, TrialRun
@@ -54,12 +56,17 @@ log = logging.getLogger(__name__)
 
 class TrialReporter(Callback):
     """Logs each epoch to the trial's MLflow run (once `run` is set), reports `metric` to
-    Optuna and raises TrialPruned when the pruner says so."""
+    Optuna and raises TrialPruned when the pruner says so. In a study of several metrics
+    (`objectives`), Optuna's report refuses the trial: its shadow pruner (hpo/shadow.py)
+    judges the curve of `metric` instead; `report=False` reports nothing."""
 
     def __init__(self, trial: optuna.Trial, metric: str, direction: str = "minimize",
-                 epochs: int | None = None, *, report: bool = True) -> None:
+                 epochs: int | None = None, *, report: bool = True,
+                 objectives: list[str] | None = None) -> None:
         self.trial = trial
-        self.report = report  # False in a study of several metrics: Optuna prunes only one
+        objectives = objectives or [metric]
+        self.report = report and len(objectives) == 1  # Optuna refuses several metrics
+        self.shadow = shadow_pruner(trial, objectives, metric, direction) if report else None
         self.epochs = epochs  # the last epoch is never pruned: it would save nothing
         self.metric = metric
         self.direction = direction
@@ -87,10 +94,12 @@ class TrialReporter(Callback):
         if self.run is not None:
             self.run.log_epoch(epoch, metrics)
         value = float(metrics[self.metric])
-        if not self.report:
+        judge: optuna.Trial | ShadowPruner | None = self.shadow or (
+            self.trial if self.report else None)
+        if judge is None:
             return
-        self.trial.report(value, epoch)
-        if (self.epochs is None or epoch < self.epochs) and self.trial.should_prune():
+        judge.report(value, epoch)
+        if (self.epochs is None or epoch < self.epochs) and judge.should_prune():
             self.pruned_at = epoch
             raise optuna.TrialPruned(f"pruned at epoch {epoch}: {self.metric} {value:.4f}")
 

@@ -165,7 +165,8 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> int | None:
             return None
         study_cfg = ctx.cfg.study
         reporter = TrialReporter(trial, study_cfg.metric, study_cfg.resolved_direction(),
-                                 epochs=tcfg.train.epochs, report=not study_cfg.multi_objective())
+                                 epochs=tcfg.train.epochs,
+                                 objectives=study_cfg.objective_names())
 
         def objective(run: TrialRun | NullTrialRun) -> tuple[float, dict[str, Any]]:
             return train(tcfg, _OwnedRun(run, ctx, trial), reporter, ctx.data_cache,

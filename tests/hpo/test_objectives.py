@@ -101,11 +101,12 @@ def test_a_two_metric_study_runs_tpe_unpruned_and_shows_only_its_front(tmp_path,
     assert plain.exit_code == 0 and "groups by" not in plain.output
 
 
-def test_a_pruner_with_two_metrics_is_refused_in_one_line(tmp_path, synth_root):
+def test_a_pruner_with_two_metrics_loads(tmp_path, synth_root):
+    # issue 26: it prunes on the epoch metric's curve (tests/hpo/test_multi_pruning.py)
     path = write_study(tmp_path / "s.toml", synth_root, pruner="median",
                        study_extra='metric = ["val_mean_acc", "latency_ms"]')
-    with pytest.raises(Exception, match=r"pruner = 'median' cannot prune a study of 2 metrics"):
-        load_study_file(path)
+    cfg = load_study_file(path)
+    assert (cfg.study.pruner, cfg.study.metric) == ("median", "val_mean_acc")
 
 
 def test_constraints_pick_the_best_feasible_trial_and_tag_the_runs(tmp_path, synth_root):
