@@ -4,7 +4,7 @@ No logic lives here (cli.py's docstring)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,8 +14,15 @@ from celebhpo.config import load_study_file
 
 if TYPE_CHECKING:
     from celebhpo.hpo.storage import StorageSpec
+    from celebhpo.hpo.warm import WarmSummary
 
 __all__ = ["study"]
+
+
+def _storage_or_none(ctx: click.Context, param: click.Parameter, url: str | None) -> Any:
+    from celebhpo.hpo.storage import parse_storage
+
+    return None if url is None else parse_storage(url)
 
 
 @click.group(cls=_Group)
@@ -38,25 +45,64 @@ def study() -> None:
               "MLflow artifacts go (s3://..., or a folder every worker mounts at one path); "
               "needed with a database tracking URI other than SQLite.")
 @no_tracking_option
+@click.option("--warm-start-from", "warm_from", default=None, metavar="OLD", help="Begin with "
+              "study OLD's finished trials whose params fit this [space] (copied, not run "
+              "again; a grid queues only the points they leave). Says what it left out, why.")
+@click.option("--storage-of-old", "old_storage", default=None, metavar="URL",
+              callback=_storage_or_none, help="The Optuna storage that holds OLD "
+              "(default: --storage).")
+@click.option("--allow-other-data", is_flag=True, help="Copy OLD's trials even when OLD saw "
+              "other data (label or partition files, split sizes, image size, crop).")
 def study_create(study_file: Path, grid: bool, name: str | None, data_root: str | None,
                  overrides: tuple[str, ...], replace: bool, storage: StorageSpec,
-                 tracking_uri: str | None, artifacts: str | None, no_tracking: bool) -> None:
+                 tracking_uri: str | None, artifacts: str | None, no_tracking: bool,
+                 warm_from: str | None, old_storage: StorageSpec | None,
+                 allow_other_data: bool) -> None:
     """Create a study from STUDY_FILE, with its MLflow experiment and parent run (none with
     --no-tracking: the study then runs without MLflow).
 
     The resolved config is stored with the study, so workers need only its name and storage.
     Creating the same config again does nothing; another config under the same name is
-    refused unless --replace.
+    refused unless --replace. --warm-start-from OLD starts it with OLD's trials.
 
     Example: celebhpo study create studies/seed-grid.toml --grid --data data/celeba
+
+    Example: celebhpo study create studies/tpe.toml --name tpe2 --warm-start-from tpe
     """
     from celebhpo.hpo import create_study
+    from celebhpo.hpo.warm import WarmStart
 
+    for flag, given in (("--storage-of-old", old_storage), ("--allow-other-data",
+                                                            allow_other_data)):
+        if given and not warm_from:
+            raise click.UsageError(f"{flag} needs --warm-start-from OLD",
+                                   ctx=click.get_current_context())
+    warm = WarmStart(warm_from, old_storage, allow_other_data) if warm_from else None
     overrides += ("study.tracking=off",) if no_tracking else ()
     cfg = load_study_file(study_file, overrides=list(overrides), data_root=data_root)
-    result = create_study(cfg, storage=storage, grid=grid, name=name,
-                          replace=replace, tracking_uri=tracking_uri, artifacts=artifacts)
+    result = create_study(cfg, storage=storage, grid=grid, name=name, replace=replace,
+                          tracking_uri=tracking_uri, artifacts=artifacts, warm_start=warm)
     click.echo(result.message)
+    if result.warm is not None:
+        click.echo(_warm_lines(result.warm))
+
+
+def _warm_lines(w: WarmSummary) -> str:
+    """What --warm-start-from copied and left out, by reason."""
+    copied = ", ".join(f"{n} {state}" for state, n in w.copied.items())
+    lines = [f"warm start from study '{w.source}' in {w.storage}: copied {len(w.trials)} "
+             f"trial{'s' * (len(w.trials) != 1)}{f' ({copied})' if copied else ''}"]
+    lines += [f"  left out {len(v)}: {reason} ({'; '.join(v[:3])}{'; ...' * (len(v) > 3)})"
+              for reason, v in w.left_out.items()]
+    if w.grid_queued is not None:
+        lines.append(f"  the grid: {w.grid_done} of its {w.grid_done + w.grid_queued} points "
+                     f"done by the copies, {w.grid_queued} queued")
+    if w.other_data:
+        lines.append(f"  other data, copied anyway (--allow-other-data): {w.other_data}")
+    if w.other_settings:
+        lines.append(f"  note: settings not searched differ ({w.other_settings}): the copies "
+                     "were trained with the old ones")
+    return "\n".join(lines)
 
 
 @study.command("list")

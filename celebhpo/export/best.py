@@ -45,6 +45,7 @@ from celebhpo.hpo import (
     open_study,
     require_best_trial,
 )
+from celebhpo.hpo.warm import trained_elsewhere
 from celebhpo.inference import EXPORT_FILES, SplitEvaluation
 from celebhpo.inference.evaluate import evaluate_splits
 from celebhpo.tracking import RUN_ID_ATTR, RunHandle, Tracker, download_checkpoint, register_model
@@ -210,13 +211,11 @@ def _choose(study_name: str | None, spec: StorageSpec, number: int | None) -> _C
             "with tracking on to export its best model"
         )
     best = require_best_trial(study, spec.url, number)
-    run_id = best.user_attrs.get(RUN_ID_ATTR)
-    if not run_id:
-        raise StudyError(
+    if not (run_id := best.user_attrs.get(RUN_ID_ATTR)):  # a warm start's copy, or untracked
+        raise StudyError(trained_elsewhere(study, best) or (
             f"trial {best.number} of study '{study.study_name}' has no MLflow run (user attr "
             "mlflow_run_id); it ran untracked (optimize --no-tracking), so there is no "
-            "checkpoint to export"
-        )
+            "checkpoint to export"))
     if best.user_attrs.get("checkpoint_logged") is False:
         kept = [t.number for t in study.get_trials(deepcopy=False)
                 if t.user_attrs.get("checkpoint_logged")]

@@ -5,18 +5,32 @@ Optuna keeps it as the study's user attrs, one per field, so a worker needs only
 name and storage. This is the one place that knows their names; everything else reads
 `StudyRecord.of(study)` (or gets one from `studies.open_study`).
 
+The data fingerprint stored with a study (`data_fingerprint`: digests of its label and
+partition files, its split subsets and decoding) tells a warm start (warm.py) whether two
+studies saw the same data.
+
 Imported by results.py as well as studies.py (which imports results): it imports neither.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import optuna
 
-__all__ = ["StudyRecord"]
+from celebhpo.config import DataConfig
+from celebhpo.data.layouts import LAYOUTS, detect_layout
+from celebhpo.errors import DataError
+
+__all__ = ["FINGERPRINT", "StudyRecord", "data_difference", "data_fingerprint", "flat"]
+
+# [data] keys beside the label files that decide which images, decoded how, a study sees
+FINGERPRINT = ("train_size", "val_size", "test_size", "subset", "subset_seed", "image_size",
+               "crop")
 
 
 @dataclass(frozen=True)
@@ -31,6 +45,9 @@ class StudyRecord:
     experiment_id: str | None = None
     parent_run_id: str | None = None
     study_key: str | None = None  # ties the parent run to this study, whatever its name
+    # warm.data_fingerprint of [data] at creation: label/partition digests, subsets, decoding
+    data_fingerprint: dict[str, Any] | None = None
+    warm_start: dict[str, Any] | None = None  # WarmSummary.record(): the study copied from
 
     @classmethod
     def read(cls, attrs: Mapping[str, Any]) -> StudyRecord | None:
@@ -67,3 +84,48 @@ class StudyRecord:
     @property
     def _study(self) -> dict[str, Any]:
         return self.config.get("study") or {}
+
+
+def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A stored config as `section.key` -> value (`[space]` kept whole)."""
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "space"
+                   else {f"{prefix}{k}": v})
+    return out
+
+
+def data_fingerprint(data: DataConfig) -> dict[str, Any]:
+    """What makes two studies' figures comparable: a digest of the label and partition files
+    (None when the root is not readable from here; the root's path then stands for them),
+    which subset of each split, and how images are decoded (size, crop)."""
+    files: dict[str, str | None] = {"labels": None, "partition": None}
+    root = Path(data.root)
+    try:
+        attr, part, _ = LAYOUTS[detect_layout(root) if data.layout == "auto" else data.layout]
+        files = {"labels": _digest(root / attr), "partition": _digest(root / part)}
+    except (DataError, OSError, KeyError):
+        pass
+    return {**files, "root": str(data.root), **{k: getattr(data, k) for k in FINGERPRINT}}
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def data_difference(old: dict[str, Any], new: dict[str, Any], searched: set[str]) -> str:
+    """"image_size 32 -> 16; labels file differs", or "" for the same data. The files are
+    compared by digest when both were read, else by the root's path; a searched image size
+    is each trial's param, not the study's."""
+    read = all(fp.get(k) for fp in (old, new) for k in ("labels", "partition"))
+    skip = ({"root"} if read else {"labels", "partition"}) | (
+        {"image_size"} if "data.image_size" in searched else set())
+    return "; ".join(f"{k} file differs" if k in ("labels", "partition") else
+                     f"{k} {old.get(k)!r} -> {new.get(k)!r}"
+                     for k in new if k not in skip and old.get(k) != new.get(k))

@@ -10,13 +10,13 @@ queued at creation (space.py).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pandas as pd
@@ -25,9 +25,9 @@ from celebhpo.config import StudyConfig
 from celebhpo.data import check_split_sizes
 from celebhpo.errors import ConfigError, StudyError, without_credentials
 from celebhpo.hpo.outage import RetryPolicy
-from celebhpo.hpo.record import StudyRecord
+from celebhpo.hpo.record import StudyRecord, data_fingerprint, flat
 from celebhpo.hpo.results import STATE_ORDER, best_trial, state_counts
-from celebhpo.hpo.space import grid_trials, make_pruner, make_sampler
+from celebhpo.hpo.space import make_pruner, make_sampler
 from celebhpo.hpo.storage import (
     DEFAULT_STORAGE,
     StorageSpec,
@@ -35,6 +35,7 @@ from celebhpo.hpo.storage import (
     open_storage,
     optuna_quiet,
 )
+from celebhpo.hpo.warm import WarmStart, WarmSummary, add_trials, plan_warm_start
 from celebhpo.objectives import describe
 from celebhpo.tracking import resolve_tracking_uri, same_store, study_tracker
 
@@ -47,6 +48,7 @@ class CreateResult:
     name: str
     created: bool
     message: str
+    warm: WarmSummary | None = None  # what --warm-start-from copied (report.format_warm_start)
 
 
 # -- create ----------------------------------------------------------------------------------
@@ -59,13 +61,15 @@ def create_study(
     replace: bool = False,
     tracking_uri: str | None = None,
     artifacts: str | None = None,
+    warm_start: WarmStart | None = None,
 ) -> CreateResult:
     """Create the Optuna study, its MLflow experiment and parent run, and store the resolved
     config with it. The same config again is a no-op; another config under an existing name
     is a StudyError unless `replace` (which deletes the old study and its trials).
     `artifacts` is where a new MLflow experiment keeps its artifacts (required with a
     database tracking URI other than SQLite: see tracking.artifact_location). The study keeps
-    the tracking URI without its credentials; workers bring their own."""
+    the tracking URI without its credentials; workers bring their own. `warm_start`: begin
+    with an earlier study's finished trials that fit (warm.py), its parent run linked."""
     spec = as_spec(storage)
     name = name or cfg.study.name
     if not name or "/" in name:
@@ -83,6 +87,9 @@ def create_study(
         old, n_old = StudyRecord.of(existing), len(existing.get_trials(deepcopy=False))
         if not replace:
             return _unchanged(name, spec, old, config, grid, uri, n_old)
+    fingerprint = data_fingerprint(stored.data)
+    # read before anything is made: a refused warm start leaves nothing behind
+    warm = plan_warm_start(warm_start, stored, grid, spec, fingerprint) if warm_start else None
     # with [study] tracking = "off": no experiment, no parent run (both ids None)
     tracker = study_tracker(uri, enabled=stored.study.tracking == "on")
     tracker.check()  # one clear line now, not minutes of MLflow's own HTTP retries
@@ -91,20 +98,30 @@ def create_study(
     key = uuid.uuid4().hex
     experiment_id, parent_run_id = tracker.create_study_run(name, config, study_key=key,
                                                             storage=spec.url, artifacts=artifacts)
+    if warm is not None:
+        tracker.link_warm_start(**warm.link())  # the new parent run names the old one
     replaced = ""
     if n_old is not None:
         optuna.delete_study(study_name=name, storage=backend)
         replaced = f" (replaced the old one and its {n_old} trials)"
-    study = _new_study(backend, spec, stored, StudyRecord(
+    _new_study(backend, spec, stored, StudyRecord(
         config=config, grid=grid, tracking_uri=without_credentials(uri),
-        experiment_id=experiment_id, parent_run_id=parent_run_id, study_key=key))
+        experiment_id=experiment_id, parent_run_id=parent_run_id, study_key=key,
+        data_fingerprint=fingerprint, warm_start=warm and warm.record()), warm)
     if old is not None and old.parent_run_id not in (None, parent_run_id):
         tracker.supersede(old.parent_run_id)
-    what = (f"a grid of {len(study.trials)} points over {', '.join(stored.space)}" if grid else
+    return CreateResult(name, True, _created(stored, grid, spec, replaced, tracker.describe()),
+                        warm)
+
+
+def _created(stored: StudyConfig, grid: bool, spec: StorageSpec, replaced: str,
+             tracking: str) -> str:
+    name = stored.study.name
+    what = (f"a grid of {math.prod(map(len, stored.grid().values()))} points over "
+            f"{', '.join(stored.space)}" if grid else
             f"{stored.study.sampler} search over {', '.join(stored.space) or 'nothing'}")
-    return CreateResult(name, True, (
-        f"created study '{name}'{replaced} in {spec.masked}: {what}, {_goal(stored)}, "
-        f"pruner {stored.study.pruner}; {tracker.describe()}. Next: {_run_hint(name, spec)}"))
+    return (f"created study '{name}'{replaced} in {spec.masked}: {what}, {_goal(stored)}, "
+            f"pruner {stored.study.pruner}; {tracking}. Next: {_run_hint(name, spec)}")
 
 
 def _check(stored: StudyConfig, grid: bool) -> None:
@@ -144,9 +161,9 @@ def _unchanged(name: str, spec: StorageSpec, old: StudyRecord | None, config: di
 
 
 def _new_study(backend: optuna.storages.BaseStorage, spec: StorageSpec, stored: StudyConfig,
-               record: StudyRecord) -> optuna.Study:
-    """The Optuna study with its record (user attrs) and (grid) queued points, or nothing at
-    all."""
+               record: StudyRecord, warm: WarmSummary | None) -> optuna.Study:
+    """The Optuna study with its record (user attrs), the `warm` start's copies and (grid)
+    the queued points no copy has done, or nothing at all."""
     name = stored.study.name
     try:
         with optuna_quiet():
@@ -161,8 +178,7 @@ def _new_study(backend: optuna.storages.BaseStorage, spec: StorageSpec, stored: 
             study.set_metric_names(stored.study.objective_names())
         for key, value in record.to_attrs().items():
             study.set_user_attr(key, value)
-        if record.grid:
-            study.add_trials(grid_trials(stored))
+        add_trials(study, stored, record.grid, warm)
     except BaseException:
         optuna.delete_study(study_name=name, storage=backend)  # nothing half-written
         raise
@@ -189,20 +205,10 @@ def _run_hint(name: str, spec: StorageSpec) -> str:
     return f"celebhpo optimize --study {shlex.quote(name)}{storage}"
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "space"
-                   else {f"{prefix}{k}": v})
-    return out
-
-
 def _difference(record: StudyRecord | None, config: dict, grid: bool, uri: str) -> str:
     if record is None:
         return "it was not created by celebhpo"
-    old, new = _flat(record.config), _flat(config)
+    old, new = flat(record.config), flat(config)
     diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
              if old.get(k) != new.get(k)]
     if record.grid != grid:

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from celebhpo.tracking.client import Tracker
 from celebhpo.tracking.names import BEST_EPOCH_PREFIX, STUDY_BEST_PREFIX, figure_key
-from celebhpo.tracking.study import study_note
+from celebhpo.tracking.study import study_note, warm_line
 from celebhpo.tracking.trial import RUN_ID_ATTR
 
 __all__ = ["BEST_TAG", "GIVEN_UP_TAG", "given_up_line", "mark_best", "set_study_run_status",
@@ -114,7 +114,8 @@ def mark_best(tracker: Tracker, parent_run_id: str, study: optuna.Study,
     study (`config`, its resolved config). Returns the best run's id (None: no best yet)."""
     run_id = best.user_attrs.get(RUN_ID_ATTR) if best is not None else None
     client = tracker.client
-    experiment_id = tracker.call("get run", client.get_run, parent_run_id).info.experiment_id
+    parent = tracker.call("get run", client.get_run, parent_run_id)
+    experiment_id = parent.info.experiment_id
     marked = tracker.call(
         "search runs", client.search_runs, [experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
@@ -133,7 +134,7 @@ def mark_best(tracker: Tracker, parent_run_id: str, study: optuna.Study,
     link = f"#/experiments/{experiment_id}/runs/{run_id}"
     note = study_note(study.study_name, config or {},
                       f"Best so far: trial {best.number}, [{run.info.run_name}]({link}), "
-                      f"value {best.value:.4g}.")
+                      f"value {best.value:.4g}.", warm=warm_line(parent.data.tags))
     tracker.log_batch(parent_run_id, metrics=metrics, tags=[
         RunTag("celebhpo.best_run_name", run.info.run_name),
         RunTag("celebhpo.best_run_id", run_id),

@@ -19,7 +19,13 @@ import pandas as pd
 from celebhpo.errors import TrackingError
 from celebhpo.tracking.client import Tracker
 from celebhpo.tracking.parent import set_study_run_status
-from celebhpo.tracking.study import close_orphan_runs, create_study_run, kill_runs, supersede
+from celebhpo.tracking.study import (
+    close_orphan_runs,
+    create_study_run,
+    kill_runs,
+    link_warm_start,
+    supersede,
+)
 from celebhpo.tracking.summary import refresh_parent
 from celebhpo.tracking.trial import RUN_ID_ATTR, TrialRun, f1_by_attribute, start_trial
 
@@ -71,6 +77,10 @@ class StudyTracker:
     def supersede(self, parent_run_id: str) -> None:
         supersede(self.tracker, parent_run_id)
 
+    def link_warm_start(self, **link: Any) -> None:
+        """The parent run names the study it was warm-started from (study.link_warm_start)."""
+        link_warm_start(self.tracker, str(self.parent_run_id), **link)
+
     def start_trial(self, trial: optuna.Trial, params: dict[str, Any], config: dict[str, Any],
                     tags: dict[str, Any]) -> TrialRun:
         """The trial's child run (trial.start_trial), its id stored as the trial's user attr
@@ -116,6 +126,9 @@ class NullTracker:
         return None, None
 
     def supersede(self, parent_run_id: str) -> None:
+        pass
+
+    def link_warm_start(self, **link: Any) -> None:
         pass
 
     def start_trial(self, trial: optuna.Trial, params: dict[str, Any], config: dict[str, Any],

@@ -21,13 +21,19 @@ from celebhpo.tracking.client import Tracker
 from celebhpo.tracking.metadata import log_dataset, source_tags
 from celebhpo.tracking.names import param_name
 from celebhpo.tracking.trial import RUN_STATUS, TrialRun, flatten_config
-from celebhpo.tracking.uris import artifact_location
+from celebhpo.tracking.uris import artifact_location, same_store
 
-__all__ = ["EXPERIMENT_KIND", "STUDY_KEY_TAG", "child_runs", "close_orphan_runs",
-           "create_study_run", "parent_params", "study_note", "supersede"]
+__all__ = ["EXPERIMENT_KIND", "STUDY_KEY_TAG", "WARM_START_TAG", "child_runs",
+           "close_orphan_runs", "create_study_run", "link_warm_start", "parent_params",
+           "study_note", "supersede", "warm_line"]
 
 
 STUDY_KEY_TAG = "celebhpo.study_key"
+# a warm-started study's parent run: the study it copied trials from, that study's parent run
+# (its id, and a link when both live in one store) and how many trials it copied
+WARM_START_TAG = "celebhpo.warm_start_from"
+WARM_PARENT_TAG, WARM_LINK_TAG = "celebhpo.warm_start_parent_run_id", "celebhpo.warm_start_link"
+WARM_COPIED_TAG = "celebhpo.warm_start_copied"
 # MLflow's experiment type (its UI's selector; values in MLflow 3.17's UI source:
 # custom_model_development, genai_development, ...): without it a run page may switch to
 # the GenAI view ("Evaluations")
@@ -79,6 +85,35 @@ def create_study_run(tracker: Tracker, study_name: str, config: dict[str, Any], 
     return experiment_id, run_id
 
 
+def link_warm_start(tracker: Tracker, run_id: str, *, source: str, parent_run_id: str | None,
+                    experiment_id: str | None, tracking_uri: str, copied: int) -> None:
+    """Tag the parent run `run_id` with the study it was warm-started from (`source`) and
+    that study's parent run, and add a line with the link to its description."""
+    tags = {WARM_START_TAG: source, WARM_COPIED_TAG: str(copied)}
+    if parent_run_id:
+        tags[WARM_PARENT_TAG] = parent_run_id
+        if experiment_id and same_store(tracking_uri, tracker.uri):
+            tags[WARM_LINK_TAG] = f"#/experiments/{experiment_id}/runs/{parent_run_id}"
+    note = tracker.call("get run", tracker.client.get_run, run_id).data.tags.get(
+        "mlflow.note.content", "")
+    tracker.log_batch(run_id, tags=[*(RunTag(k, v) for k, v in tags.items()), RunTag(
+        "mlflow.note.content", f"{note}\n\n{warm_line(tags)}".strip())])
+
+
+def warm_line(tags: dict[str, str]) -> str:
+    """The description's line about the warm start (markdown), from the parent's tags; ""
+    for a study that was not warm-started."""
+    if WARM_START_TAG not in tags:
+        return ""
+    parent, link = tags.get(WARM_PARENT_TAG), tags.get(WARM_LINK_TAG)
+    where = (f"[its parent run]({link})" if link else
+             f"its parent run {parent} (in another MLflow store)" if parent else
+             "it ran with tracking off")
+    return (f"Warm-started from study **{tags[WARM_START_TAG]}**: "
+            f"{tags.get(WARM_COPIED_TAG, '?')} of its trials copied (trained there, no runs "
+            f"here); {where}.")
+
+
 def supersede(tracker: Tracker, parent_run_id: str) -> None:
     """Tag the parent run of a replaced (deleted) study `superseded`."""
     tracker.call("tag run", tracker.client.set_tag, parent_run_id, "superseded", "true")
@@ -126,15 +161,16 @@ def parent_params(config: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def study_note(study_name: str, config: dict[str, Any], best: str = "") -> str:
+def study_note(study_name: str, config: dict[str, Any], best: str = "", warm: str = "") -> str:
     """The parent run's description (markdown): what the study searches, where things are,
-    and `best` (a line about the best trial, with a link) once there is one."""
+    `best` (a line about the best trial, with a link) once there is one, and `warm` (a
+    warm-started study's `warm_line`)."""
     space = config.get("space", {})
     searched = ", ".join(space) if space else "nothing (a fixed configuration)"
     note = (f"celebhpo study **{study_name}**: one child run per trial; searched: {searched}. "
             "Artifacts: leaderboard.csv, f1_by_attribute.png, summary/report.html (every "
             "Optuna plot, offline) and summary/*.png.")
-    return f"{note}\n\n{best}" if best else note
+    return "\n\n".join(line for line in (note, best, warm) if line)
 
 
 def child_runs(tracker: Tracker, parent_run_id: str, status: str | None = None) -> list[Run]:

@@ -156,7 +156,8 @@ def test_study_record_is_what_the_study_stores(tmp_path, synth_root, storage, tr
     assert record == StudyRecord.read(study.user_attrs) == StudyRecord.of(study)
     assert StudyRecord.read(record.to_attrs()) == record
     assert set(record.to_attrs()) == {"config", "grid", "tracking_uri", "experiment_id",
-                                      "parent_run_id", "study_key"}
+                                      "parent_run_id", "study_key", "data_fingerprint",
+                                      "warm_start"}
     assert (record.sampler, record.objectives) == ("grid", []) and stored.study.name == "rec"
     foreign = optuna.create_study(study_name="foreign", storage=storage)
     assert StudyRecord.of(foreign) is None
