@@ -6,7 +6,8 @@ hpo/shadow.py) and logs it to the trial's MLflow run, then the result logged.
 Resume on retry (`[study] resume`, on by default): after each epoch the run's resume state
 (training.resume: weights, optimizer, schedule, RNG, history, best epoch; about 4x the model)
 is logged to the trial's MLflow run as `resume/state.pt`, overwritten each epoch, and the
-run's tag `resume_epoch` says which epoch it holds. A trial re-queued after its worker died
+run's tag `resume_epoch` says which epoch it holds (uploaded while the next epoch trains, and
+joined before the trial ends, however it ends: hpo.resume_states). A trial re-queued after its worker died
 (liveness.requeue: system attr `retry_history`) looks for the latest state among its earlier
 attempts' runs, replays those epochs through the reporter (Optuna and the new run see the
 whole curve; pruning may fire there) and trains only the epochs after it; its run is tagged
@@ -140,11 +141,12 @@ def train(tcfg: StudyConfig, run: TrialRun | NullTrialRun, reporter: TrialReport
         with tempfile.TemporaryDirectory(prefix="celebhpo-trial-") as tmp:
             if data.skipped:  # name them where the trial's figures are
                 _log_skipped(run, data.skipped, Path(tmp) / "skipped_images.csv")
-            states = ResumeStates(run, trial, Path(tmp), keep=tcfg.study.resume
-                                  and tcfg.study.tracking == "on",  # kept in MLflow
-                                  echo=echo)
-            result = _fit(tcfg, data, [StopCheck(stop), bar], reporter, Path(tmp) / "model.pt",
-                          states)
+            # leaving the block (any way) joins the resume state's upload in flight
+            with ResumeStates(run, trial, Path(tmp), keep=tcfg.study.resume
+                              and tcfg.study.tracking == "on",  # kept in MLflow
+                              echo=echo) as states:
+                result = _fit(tcfg, data, [StopCheck(stop), bar], reporter,
+                              Path(tmp) / "model.pt", states)
             figures = {**result.best_metrics, **_measure(tcfg, len(data.attributes),
                                                          result.device, trial.study)}
             values = [float(figures[m]) for m in tcfg.study.objective_names()]

@@ -1,14 +1,26 @@
 """A retried trial's resume states on its tracked runs (see hpo.objective): its own run's,
-uploaded after each epoch, and its earlier attempts', found, loaded and at the end deleted."""
+uploaded after each epoch, and its earlier attempts', found, loaded and at the end deleted.
+
+An epoch's state is copied (its live tensors: a CPU snapshot) as the epoch ends, then
+written and uploaded by a thread of its own while the next epoch trains: the file first,
+then the tag `resume_epoch`, so the tag never names a state that is not there. One upload
+at a time: the next state, `wait`, `discard` and leaving the `with` block join it, so when
+the trial ends, by any path (finished, pruned, failed, a stop request), its last state is
+in MLflow or its warning said; nothing is left running. A state the process loses with it
+(kill -9, a second Ctrl-C) costs what it did before: the retry resumes from the state
+before, the one the tag still names.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 
 from celebhpo._io import describe_os_error
 from celebhpo.config import StudyConfig
@@ -30,10 +42,11 @@ RESUME_TAG = "resume_epoch"  # tag of a trial's run: the epoch its resume/state.
 
 class ResumeStates:
     """The trial's resume states: its own run's, uploaded after each epoch (fit's
-    `on_state`), and its earlier attempts' (a retry's), found and at the end deleted. A
-    retry's run is tagged `retry_of` whether or not it `keep`s states ([study] resume).
-    Its lines for people go to `echo` (the worker's, which adds its `[gpuK]` label), or
-    without one to this module's log."""
+    `on_state`) in the background (module docstring), and its earlier attempts' (a
+    retry's), found and at the end deleted. A retry's run is tagged `retry_of` whether or
+    not it `keep`s states ([study] resume). Its lines for people go to `echo` (the
+    worker's, which adds its `[gpuK]` label), or without one to this module's log. Use it
+    as a context manager: leaving the block joins the upload in flight."""
 
     def __init__(self, run: TrialRun | NullTrialRun, trial: optuna.Trial, folder: Path, *,
                  keep: bool, echo: Callable[[str], None] | None = None) -> None:
@@ -41,14 +54,41 @@ class ResumeStates:
         self.echo = echo
         self.uploaded = False
         self.warned = False
+        self._upload: threading.Thread | None = None
+        self._failure: BaseException | None = None  # an upload's unexpected error
         self.earlier = self._earlier_runs()  # (run id, its resume epoch or 0), newest first
         if self.earlier:
             run.log(tags={"retry_of": self.earlier[0][0]})
 
+    def __enter__(self) -> ResumeStates:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wait(raise_failure=exc[0] is None)
+
     def __call__(self, state: dict[str, Any]) -> None:
-        """Upload the state of the epoch just finished. A failure costs only a longer retry,
-        never the trial: one warning per trial, though each later epoch tries again (space
-        freed meanwhile is used)."""
+        """Upload the state of the epoch just finished: snapshot now, write and upload in
+        the background (module docstring). A failure costs only a longer retry, never the
+        trial: one warning per trial, though each later epoch tries again (space freed
+        meanwhile is used)."""
+        self.wait()
+        snapshot = {**state, "model": _cpu_copy(state["model"]),
+                    "optimizer": _cpu_copy(state["optimizer"])}
+        self._upload = threading.Thread(target=self._save, args=(snapshot,),
+                                        name=f"resume-state-t{self.trial.number}")
+        self._upload.start()
+
+    def wait(self, *, raise_failure: bool = True) -> None:
+        """Join the upload in flight, if any; raise what it raised unexpectedly (the errors
+        an upload may meet are warnings, see __call__) unless not `raise_failure`."""
+        if self._upload is not None:
+            self._upload.join()
+            self._upload = None
+        failure, self._failure = self._failure, None
+        if failure is not None and raise_failure:
+            raise failure
+
+    def _save(self, state: dict[str, Any]) -> None:
         path = self.folder / RESUME_FILE
         try:
             save_resume_state(path, state, durable=False)
@@ -61,6 +101,8 @@ class ResumeStates:
                           f"{state['epoch']} not saved (a retry would start earlier; later "
                           f"epochs try again without a word): {_one_line(e)}")
             self.warned = True
+        except BaseException as e:  # noqa: BLE001 - raised in the trial's thread at the join
+            self._failure = e
 
     def find(self, tcfg: StudyConfig, data: DataBundle) -> dict[str, Any] | None:
         """The latest earlier attempt's state that loads and fits this run, else None."""
@@ -84,7 +126,9 @@ class ResumeStates:
         return None
 
     def discard(self) -> None:
-        """Delete the resume states of this run and the earlier attempts' (best effort)."""
+        """Delete the resume states of this run and the earlier attempts' (best effort),
+        once the upload in flight is done (it would bring this run's back)."""
+        self.wait()
         runs = [r for r, epoch in self.earlier if epoch]
         if self.uploaded:
             runs.insert(0, self.run.run_id)
@@ -117,6 +161,18 @@ class ResumeStates:
             if run_id:
                 out.append((run_id, int(self.run.other(run_id).tags().get(RESUME_TAG, 0))))
         return out
+
+
+def _cpu_copy(value: Any) -> Any:
+    """`value` (a state_dict: nested dicts and lists of tensors and plain values) with every
+    tensor copied to the CPU, so training can change the live ones meanwhile."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _cpu_copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_cpu_copy(v) for v in value)
+    return value
 
 
 def _one_line(e: BaseException) -> str:
