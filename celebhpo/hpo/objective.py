@@ -3,14 +3,15 @@ with a progress bar and a reporter that reports each epoch's metric to Optuna (r
 TrialPruned when told to; in a study of several metrics through its shadow pruner,
 hpo/shadow.py) and logs it to the trial's MLflow run, then the result logged.
 
-Resume on retry (`[study] resume`, on by default): after each epoch the run's resume state
-(training.resume: weights, optimizer, schedule, RNG, history, best epoch; about 4x the model)
-is logged to the trial's MLflow run as `resume/state.pt`, overwritten each epoch, and the
-run's tag `resume_epoch` says which epoch it holds (uploaded while the next epoch trains, and
-joined before the trial ends, however it ends: hpo.resume_states). A trial re-queued after its worker died
-(liveness.requeue: system attr `retry_history`) looks for the latest state among its earlier
-attempts' runs, replays those epochs through the reporter (Optuna and the new run see the
-whole curve; pruning may fire there) and trains only the epochs after it; its run is tagged
+Resume on retry (`[study] resume`, on by default): after each epoch but the last the run's
+resume state (training.resume: weights, optimizer, schedule, RNG, history, best epoch; about
+4x the model) is logged to the trial's MLflow run as `resume/state.pt`, overwritten each
+epoch, and the run's tag `resume_epoch` says which epoch it holds (uploaded while the next
+epoch trains, and joined before the trial ends, however it ends: hpo.resume_states). A trial
+re-queued after its worker died (liveness.requeue: system attr `retry_history`) looks for
+the latest state among its earlier attempts' runs, replays those epochs through the
+reporter (Optuna and the new run see the whole curve; pruning may fire there) and trains only
+the epochs after it; its run is tagged
 `retry_of` (the attempt it replaces), `resumed_from_run` and `resumed_from_epoch`. The states
 are deleted when the trial ends for good (COMPLETE, PRUNED, diverged). With tracking off
 (`[study] tracking = "off"`, `--no-tracking`) no run keeps them: a retried trial starts over.
@@ -144,7 +145,7 @@ def train(tcfg: StudyConfig, run: TrialRun | NullTrialRun, reporter: TrialReport
             # leaving the block (any way) joins the resume state's upload in flight
             with ResumeStates(run, trial, Path(tmp), keep=tcfg.study.resume
                               and tcfg.study.tracking == "on",  # kept in MLflow
-                              echo=echo) as states:
+                              echo=echo, last_epoch=tcfg.train.epochs) as states:
                 result = _fit(tcfg, data, [StopCheck(stop), bar], reporter,
                               Path(tmp) / "model.pt", states)
             figures = {**result.best_metrics, **_measure(tcfg, len(data.attributes),

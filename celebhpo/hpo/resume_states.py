@@ -8,7 +8,10 @@ at a time: the next state, `wait`, `discard` and leaving the `with` block join i
 the trial ends, by any path (finished, pruned, failed, a stop request), its last state is
 in MLflow or its warning said; nothing is left running. A state the process loses with it
 (kill -9, a second Ctrl-C) costs what it did before: the retry resumes from the state
-before, the one the tag still names.
+before, the one the tag still names. The last epoch's state (`last_epoch`) is not uploaded:
+the trial's result follows it within seconds and the states are then deleted, so it would
+only spare a worker that dies in those seconds one epoch, at the cost of a state's write,
+upload and delete in every finished trial.
 """
 
 from __future__ import annotations
@@ -49,8 +52,10 @@ class ResumeStates:
     as a context manager: leaving the block joins the upload in flight."""
 
     def __init__(self, run: TrialRun | NullTrialRun, trial: optuna.Trial, folder: Path, *,
-                 keep: bool, echo: Callable[[str], None] | None = None) -> None:
+                 keep: bool, echo: Callable[[str], None] | None = None,
+                 last_epoch: int | None = None) -> None:
         self.run, self.trial, self.folder, self.keep = run, trial, folder, keep
+        self.last_epoch = last_epoch  # the trial's last epoch: its state is not uploaded
         self.echo = echo
         self.uploaded = False
         self.warned = False
@@ -71,6 +76,8 @@ class ResumeStates:
         the background (module docstring). A failure costs only a longer retry, never the
         trial: one warning per trial, though each later epoch tries again (space freed
         meanwhile is used)."""
+        if self.last_epoch is not None and state["epoch"] >= self.last_epoch:
+            return  # the result follows at once (module docstring)
         self.wait()
         snapshot = {**state, "model": _cpu_copy(state["model"]),
                     "optimizer": _cpu_copy(state["optimizer"])}

@@ -148,13 +148,21 @@ def table_png(frame: pd.DataFrame, label: str, columns: Sequence[str], path: str
     if frame.empty or not columns:
         raise ValueError("an empty table")
     values = frame[list(columns)].to_numpy(dtype=float)
-    fig = Figure(figsize=(2.5 + 0.9 * len(columns), 1.6 + 0.24 * len(frame)))
+    rows = [str(v) for v in frame[label]]
+    # margins from the labels' lengths (7-pt text is about 0.06 in a character), not from
+    # savefig's bbox_inches="tight", which draws the figure twice: most of a PNG's time
+    left, bottom = 0.2 + 0.06 * max(map(len, rows)), 0.2 + 0.045 * max(map(len, columns))
+    width = max(left + 0.9 * len(columns) + 1.4, 0.5 + 0.075 * len(title))
+    height = bottom + 0.5 + 0.16 * len(frame)
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(left=left / width, right=1 - 1.4 / width, bottom=bottom / height,
+                        top=1 - 0.45 / height)
     ax = fig.subplots()
     image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="viridis", vmin=0,
                       vmax=1, interpolation="nearest")
-    ax.set_yticks(range(len(frame)), [str(v) for v in frame[label]], fontsize=7)
+    ax.set_yticks(range(len(frame)), rows, fontsize=7)
     ax.set_xticks(range(len(columns)), list(columns), rotation=45, ha="right", fontsize=7)
     ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    fig.colorbar(image, ax=ax, fraction=0.9 / width, pad=0.15 / width)
+    fig.savefig(path, dpi=100)
     return Path(path)
