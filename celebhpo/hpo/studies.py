@@ -24,6 +24,7 @@ import pandas as pd
 from celebhpo.config import StudyConfig
 from celebhpo.data import check_split_sizes
 from celebhpo.errors import ConfigError, StudyError, without_credentials
+from celebhpo.hpo import warm as warm_starts
 from celebhpo.hpo.outage import RetryPolicy
 from celebhpo.hpo.record import StudyRecord, data_fingerprint, flat
 from celebhpo.hpo.results import STATE_ORDER, best_trial, state_counts
@@ -86,7 +87,7 @@ def create_study(
         existing = optuna.load_study(study_name=name, storage=backend)
         old, n_old = StudyRecord.of(existing), len(existing.get_trials(deepcopy=False))
         if not replace:
-            return _unchanged(name, spec, old, config, grid, uri, n_old)
+            return _unchanged(name, spec, old, config, grid, uri, n_old, warm_start)
     fingerprint = data_fingerprint(stored.data)
     # read before anything is made: a refused warm start leaves nothing behind
     warm = plan_warm_start(warm_start, stored, grid, spec, fingerprint) if warm_start else None
@@ -146,9 +147,10 @@ def _goal(cfg: StudyConfig) -> str:
 
 
 def _unchanged(name: str, spec: StorageSpec, old: StudyRecord | None, config: dict, grid: bool,
-               uri: str, n_old: int) -> CreateResult:
+               uri: str, n_old: int, warm_start: WarmStart | None) -> CreateResult:
     """A study of that name exists and is not to be replaced: a no-op when its config is
-    this one, else a StudyError saying what differs."""
+    this one (a warm start asked of it refused), else a StudyError saying what differs."""
+    warm_starts.refuse_late_warm_start(name, old and old.warm_start, warm_start)
     if (old is not None and old.config == config and old.grid == grid
             and same_store(str(old.tracking_uri), uri)):
         return CreateResult(name, False, f"study '{name}' already exists in {spec.masked} "

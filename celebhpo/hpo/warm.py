@@ -43,6 +43,7 @@ from celebhpo.objectives import violations
 from celebhpo.tracking import RUN_ID_ATTR
 
 __all__ = ["KEY_MISSING", "NOT_FINISHED", "OTHER_METRIC", "OUT_OF_RANGE", "WARM_ATTR", "add_trials",
+           "refuse_late_warm_start",
            "WARM_RUN_ATTR", "WarmStart", "WarmSummary", "left_to_queue",
            "plan_warm_start"]
 
@@ -273,3 +274,14 @@ def trained_elsewhere(study: optuna.Study, trial: FrozenTrial) -> str:
             f"study has no checkpoint of it; export it from there: celebhpo export-best --study "
             f"{shlex.quote(source)} --trial {number}{there} --out DIR (or a trial trained here "
             "with --trial N)")
+
+
+def refuse_late_warm_start(name: str, had: dict[str, Any] | None, warm: WarmStart | None
+                           ) -> None:
+    """A warm start fills a study it creates: asked of study `name` that exists (and whose
+    record's warm start, `had`, was not from that study) it would be ignored; say so."""
+    if warm is None or (had or {}).get("study") == warm.study:
+        return
+    raise StudyError(f"study '{name}' already exists, and --warm-start-from {warm.study} copies "
+                     "trials only into a study it creates: pass --replace to create it again "
+                     "from those trials, or --name to create a study beside it")

@@ -288,3 +288,23 @@ def test_bad_warm_start_input_is_one_line(case, tmp_path, synth_root, storage, t
     assert len(run.output.strip().splitlines()) == 1 and run.output.startswith(expected), (
         run.output)
     assert optuna.get_all_study_names(storage) == ["old"]
+
+
+def test_a_warm_start_into_a_study_that_exists_is_refused_not_ignored(tmp_path, synth_root,
+                                                                      storage, tracking_uri):
+    _create(tmp_path, synth_root, storage, tracking_uri, "old", overrides=(
+        "study.tracking=off",))
+    _tell_queued(storage, "old", [0.5, 0.6])
+    _create(tmp_path, synth_root, storage, tracking_uri, "new", overrides=(
+        "study.tracking=off",))
+    with pytest.raises(StudyError, match=r"^study 'new' already exists, and --warm-start-from "
+                       r"old copies trials only into a study it creates: pass --replace"):
+        _new(tmp_path, synth_root, storage, tracking_uri, "new", WarmStart("old"),
+             overrides=("study.tracking=off",))
+    assert not any(WARM_ATTR in t.user_attrs for t in load_study("new", storage)[0].trials)
+    # created from old, the same again is nothing to do; with --replace the copies come again
+    _new(tmp_path, synth_root, storage, tracking_uri, "again", WarmStart("old"),
+         overrides=("study.tracking=off",))
+    same = _new(tmp_path, synth_root, storage, tracking_uri, "again", WarmStart("old"),
+                overrides=("study.tracking=off",))
+    assert not same.created
